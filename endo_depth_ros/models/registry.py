@@ -1,0 +1,123 @@
+"""Model names and ``load()``: the one entry point that turns a name into a ``DepthModel``.
+
+Names (``MODEL_NAMES``):
+
+- ``photometric``: the weight-free endoscope prior (OpenCV, CPU; the default).
+- ``dav1-s|b|l``: Depth Anything V1 (ViT-S/B/L), relative disparity.
+- ``dav2-s|b|l``: Depth Anything V2, relative disparity.
+- ``dav2-metric-s|b|l``: Depth Anything V2 metric heads, metric depth in metres.
+- ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT, relative disparity.
+- ``dav1`` / ``dav2`` / ``dav2-metric``: like the sized names, with the ViT size
+  read from the checkpoint's tensor shapes (any size, also non-standard ones).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from endo_depth_ros.errors import BackendUnavailableError, ConfigError, ModelLoadError
+from endo_depth_ros.models.base import DepthModel
+
+#: Every name ``load()`` accepts.
+MODEL_NAMES: tuple[str, ...] = (
+    'photometric',
+    'dav1-s', 'dav1-b', 'dav1-l',
+    'dav2-s', 'dav2-b', 'dav2-l',
+    'dav2-metric-s', 'dav2-metric-b', 'dav2-metric-l',
+    'dpt-hybrid', 'dpt-large',
+    'dav1', 'dav2', 'dav2-metric',
+)
+#: Values of ``load(backend=...)``.
+BACKENDS: tuple[str, ...] = ('torch', 'onnxruntime', 'tensorrt')
+#: Values of ``load(precision=...)``.
+PRECISIONS: tuple[str, ...] = ('auto', 'fp32', 'fp16')
+
+
+def load(
+    name: str = 'photometric',
+    checkpoint: str | Path | None = None,
+    *,
+    device: str = 'auto',
+    precision: str = 'auto',
+    backend: str = 'torch',
+    input_size: int = 518,
+) -> DepthModel:
+    """Build a depth model by name and load its weights.
+
+    Args:
+        name: one of ``MODEL_NAMES``.
+        checkpoint: weights of a network model: a Hugging Face folder (``config.json``
+            + ``model.safetensors``), an official Depth Anything ``.pth`` state dict, or
+            a single ``.safetensors``/``.pth`` file in Hugging Face key layout. For
+            ``backend='onnxruntime'``/``'tensorrt'``: the ``.onnx`` file written by
+            ``endo-depth-export``. Must be ``None`` for ``photometric``.
+        device: ``'auto'`` (CUDA if available, else CPU), ``'cpu'``, ``'cuda'``,
+            ``'cuda:N'``. Never falls back silently: an unavailable device raises.
+        precision: ``'auto'`` (fp16 on CUDA, fp32 on CPU), ``'fp32'`` or ``'fp16'``
+            (CUDA only: fp16 on the CPU raises ``ConfigError``).
+        backend: ``'torch'``, ``'onnxruntime'`` or ``'tensorrt'``.
+        input_size: short side of the network input in pixels (rounded to a multiple of
+            14; DPT: a square multiple of 32). Ignored by ``photometric`` (it works at its
+            own low resolution) and by ONNX/TensorRT files (the size is fixed at export).
+
+    Returns:
+        A ready (warmed-up) ``DepthModel``.
+
+    Raises:
+        ModelLoadError: unknown name, missing or unreadable checkpoint, wrong file
+            format, or weights that do not fit the architecture (missing, unexpected or
+            mis-shaped keys are listed, with the file name).
+        BackendUnavailableError: the device or runtime asked for is not installed/present.
+        ConfigError: a bad option value (backend, precision, input_size).
+    """
+    if name not in MODEL_NAMES:
+        raise ModelLoadError(
+            f'Unknown depth model {name!r}; known models: {", ".join(MODEL_NAMES)}.')
+    if backend not in BACKENDS:
+        raise ConfigError(f'Unknown backend {backend!r}; expected one of {BACKENDS}.')
+    if precision not in PRECISIONS:
+        raise ConfigError(f'Unknown precision {precision!r}; expected one of {PRECISIONS}.')
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 14:
+        raise ConfigError(f'input_size must be an integer >= 14, got {input_size!r}.')
+    if name == 'photometric':
+        return _load_photometric(checkpoint, device, precision, backend)
+    if checkpoint is None:
+        raise ModelLoadError(
+            f'Model {name!r} needs a checkpoint (a Hugging Face folder or an official .pth); '
+            "no weights can be downloaded. Use name 'photometric' to run without weights.")
+    path = Path(checkpoint)
+    if not path.exists():
+        raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
+    if backend == 'onnxruntime':
+        from endo_depth_ros.models.onnx_runtime import OnnxDepthModel
+        return OnnxDepthModel(path, name=name, device=device, precision=precision)
+    if backend == 'tensorrt':
+        from endo_depth_ros.models.tensorrt import TensorRTDepthModel
+        return TensorRTDepthModel(path, name=name, device=device, precision=precision)
+    from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
+    from endo_depth_ros.models.preprocessing import resolve_device, resolve_precision
+
+    # Refuse an unavailable device before reading (possibly large) weights.
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    network, output_kind = load_network(name, path)
+    return TorchDepthModel(network, name=name, output_kind=output_kind, device=device,
+                           precision=precision, input_size=input_size)
+
+
+def _load_photometric(
+    checkpoint: str | Path | None, device: str, precision: str, backend: str,
+) -> DepthModel:
+    from endo_depth_ros.models.photometric import PhotometricModel
+    if checkpoint is not None:
+        raise ModelLoadError(
+            f"Model 'photometric' has no weights; got checkpoint {str(checkpoint)!r}.")
+    if backend != 'torch':
+        raise ConfigError(
+            f"Model 'photometric' runs with OpenCV only; backend {backend!r} does not apply.")
+    if device not in ('auto', 'cpu'):
+        raise BackendUnavailableError(
+            f"Model 'photometric' runs on the CPU only; device {device!r} is not supported.")
+    if precision == 'fp16':
+        raise ConfigError("Model 'photometric' computes in fp32 only; got precision 'fp16'.")
+    return PhotometricModel()

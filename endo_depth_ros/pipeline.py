@@ -1,0 +1,369 @@
+"""The one per-frame pipeline shared by the live node and the bag evaluator.
+
+Per frame: depth model -> visual odometry -> temporal alignment -> point cloud::
+
+    raw = model.infer(rgb)                       # relative disparity or metric depth
+    est = odometry.track(rgb, intrinsics)        # pose against the reference keyframe
+    aligned = aligner.push(raw, pose=est.pose)   # metric-ish, temporally consistent depth
+    odometry.set_reference_depth(aligned.depth)  # so this frame can become a keyframe
+    cloud = make_cloud(aligned.depth, intrinsics)
+
+Odometry runs before alignment so the aligner can reproject earlier frames with the
+tracked pose. In ``window`` alignment mode the aligner returns frames with a latency
+(it waits for a window to fill), so the pipeline keeps the images of frames in flight
+and runs odometry and geometry on each frame when its aligned depth comes out; a frame
+in flight has no pose yet, so the aligner gets none in that mode.
+
+The pipeline is ROS-free; ``endo_depth_ros.ros.node`` wraps it for live topics and
+``endo_depth_ros.evaluation`` for bags.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+import time
+
+import numpy as np
+
+from endo_depth_ros import models
+from endo_depth_ros.camera import Intrinsics
+from endo_depth_ros.errors import BadInputError, ConfigError
+from endo_depth_ros.geometry import CloudConfig, PointCloud, make_cloud
+from endo_depth_ros.models import DepthModel
+from endo_depth_ros.odometry import OdometryConfig, PoseEstimate, VisualOdometry
+from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAligner
+
+#: Names of the per-stage timings in ``FrameResult.timings_ms``.
+STAGES = ('model', 'odometry', 'alignment', 'geometry')
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which depth model to run and how (arguments of ``endo_depth_ros.models.load``).
+
+    Attributes:
+        name: registry name (``'photometric'``, ``'dav2-s'``, ...).
+        checkpoint: weights file; ``''`` for the model's default (none for photometric).
+        backend: ``'torch'``, ``'onnxruntime'``, ``'tensorrt'``.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
+        precision: ``'auto'``, ``'fp32'``, ``'fp16'``.
+        input_size: network input short side (pixels), a multiple of 14 for ViTs.
+        min_period_s: each inference takes at least this long (the pipeline sleeps the
+            rest); 0 disables. Emulates a slower model (e.g. a large ViT on a small GPU)
+            for overload tests and live evaluations.
+    """
+
+    name: str = 'photometric'
+    checkpoint: str = ''
+    backend: str = 'torch'
+    device: str = 'auto'
+    precision: str = 'auto'
+    input_size: int = 518
+    min_period_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError('model name must not be empty.')
+        if self.input_size < 14:
+            raise ConfigError(f'model input_size must be at least 14, got {self.input_size}.')
+        if not 0.0 <= self.min_period_s <= 60.0:
+            raise ConfigError(
+                f'model min_period_s must be in [0, 60] seconds, got {self.min_period_s}.')
+
+    def load(self) -> DepthModel:
+        """Build the model (raises ``ModelLoadError`` / ``BackendUnavailableError``)."""
+        return models.load(
+            self.name, self.checkpoint or None, device=self.device, precision=self.precision,
+            backend=self.backend, input_size=self.input_size)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the pipeline needs; each part is validated by its own dataclass."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    odometry: OdometryConfig = field(default_factory=OdometryConfig)
+
+
+@dataclass
+class FrameResult:
+    """The pipeline's output for one input frame.
+
+    Attributes:
+        index: position of the frame in the stream since the last reset (0-based).
+        stamp_ns: the input stamp (ns).
+        rgb: (H, W, 3) uint8, the input image.
+        intrinsics: the input camera.
+        raw: (H, W) float32 model output (units per ``output_kind``), NaN invalid.
+        output_kind: ``'relative_disparity'`` or ``'metric_depth'``.
+        depth: (H, W) float32 aligned depth in metres (relative units when the alignment's
+            ``scale_source`` is ``'none'``), NaN invalid.
+        cloud: the point cloud, or None when not computed.
+        pose: the odometry estimate, or None when not computed / odometry disabled.
+        fallback: the aligner could not align this frame to the buffer (fresh scale).
+        scale: scale of the alignment applied to ``raw``.
+        shift: shift of the alignment applied to ``raw``.
+        timings_ms: wall time per stage (keys from ``STAGES``), milliseconds.
+    """
+
+    index: int
+    stamp_ns: int
+    rgb: np.ndarray
+    intrinsics: Intrinsics
+    raw: np.ndarray
+    output_kind: str
+    depth: np.ndarray
+    cloud: PointCloud | None = None
+    pose: PoseEstimate | None = None
+    fallback: bool = False
+    scale: float = 1.0
+    shift: float = 0.0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def points(self) -> np.ndarray | None:
+        """(N, 3) or (h, w, 3) float32 metres in the camera frame, or None."""
+        return None if self.cloud is None else self.cloud.points
+
+    @property
+    def colors(self) -> np.ndarray | None:
+        """(N, 3) (or (h, w, 3)) uint8 RGB per point, or None."""
+        return None if self.cloud is None else self.cloud.colors
+
+
+@dataclass
+class _InFlight:
+    """A frame pushed to the aligner whose aligned depth has not come out yet."""
+
+    stamp_ns: int
+    rgb: np.ndarray
+    intrinsics: Intrinsics
+    raw: np.ndarray
+    compute_points: bool
+    compute_pose: bool
+    timings_ms: dict[str, float]
+
+
+class Pipeline:
+    """Model -> odometry -> temporal alignment -> geometry, one frame at a time.
+
+    Not thread-safe: one caller at a time (the node calls it from its worker thread).
+    """
+
+    def __init__(self, config: PipelineConfig | None = None,
+                 model: DepthModel | None = None) -> None:
+        """Build the stages; load the model from ``config.model`` unless ``model`` is given.
+
+        Raises:
+            ConfigError: invalid configuration.
+            ModelLoadError, BackendUnavailableError: the model cannot be built.
+        """
+        self.config = config if config is not None else PipelineConfig()
+        self.model = model if model is not None else self.config.model.load()
+        self.aligner = TemporalAligner(self.config.alignment)
+        self.odometry = VisualOdometry(self.config.odometry)
+        self._windowed = self.config.alignment.mode == 'window'
+        self._in_flight: OrderedDict[int, _InFlight] = OrderedDict()
+        self._next_index = 0
+        self._last_stamp_ns: int | None = None
+        self._camera: Intrinsics | None = None
+        self._last_pose: PoseEstimate | None = None
+        #: Frames the stream restarted on (camera changed, reset()).
+        self.resets = 0
+
+    @property
+    def cloud_config(self) -> CloudConfig:
+        """The point cloud settings in use."""
+        return self.config.cloud
+
+    def set_cloud_config(self, cloud: CloudConfig) -> None:
+        """Change the point cloud settings; applies from the next frame (no reset needed)."""
+        self.config = replace(self.config, cloud=cloud)
+
+    @property
+    def last_pose(self) -> PoseEstimate | None:
+        """The latest odometry estimate (for diagnostics), or None."""
+        return self._last_pose
+
+    def process(
+        self,
+        rgb: np.ndarray,
+        intrinsics: Intrinsics,
+        stamp_ns: int,
+        *,
+        compute_points: bool = True,
+        compute_pose: bool = True,
+    ) -> list[FrameResult]:
+        """Run one frame through the pipeline.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB image.
+            intrinsics: camera of ``rgb`` (same size).
+            stamp_ns: capture time (ns); must not go backwards.
+            compute_points: build the point cloud (skip it when nobody needs it).
+            compute_pose: run visual odometry (skip it when nobody needs it).
+
+        Returns:
+            The frames completed by this call, oldest first: exactly this frame in
+            ``none``/``stream`` mode; zero or more (earlier) frames in ``window`` mode.
+            When the camera changes size or intrinsics, the frames still in flight from
+            the previous camera are completed first and the stream restarts.
+
+        Raises:
+            BadInputError: the image is not (H, W, 3) uint8 (reason ``'encoding'`` or
+                ``'image_shape'``), does not match the intrinsics (``'size_mismatch'``) or
+                the stamp goes backwards (``'stamp_order'``). The pipeline is unchanged.
+        """
+        self._check_input(rgb, intrinsics, stamp_ns)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
+        self._pad_model_time(start)
+        timings['model'] = _ms_since(start)
+
+        results: list[FrameResult] = []
+        if self._camera is not None and intrinsics != self._camera:
+            # A new camera (resolution, zoom, calibration): earlier depths and poses no
+            # longer relate to the new frames, so finish them and start a new stream.
+            results.extend(self.flush())
+            self._restart()
+        self._camera = intrinsics
+        self._last_stamp_ns = stamp_ns
+        index = self._next_index
+        self._next_index += 1
+
+        if not self._windowed:
+            estimate = self._track(rgb, intrinsics, compute_pose, timings)
+            start = time.perf_counter()
+            aligned = self.aligner.push(
+                raw, output_kind=self.model.output_kind,
+                pose=estimate.pose if estimate is not None and estimate.valid else None,
+                intrinsics=intrinsics, stamp_ns=stamp_ns)
+            timings['alignment'] = _ms_since(start)
+            frame = _InFlight(stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose,
+                              timings)
+            for out in aligned:
+                results.append(self._finish(index, frame, out, estimate))
+            return results
+
+        self._in_flight[index] = _InFlight(
+            stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings)
+        start = time.perf_counter()
+        aligned = self.aligner.push(raw, output_kind=self.model.output_kind,
+                                    intrinsics=intrinsics, stamp_ns=stamp_ns)
+        # The window's alignment cost is charged to the frame that triggered it.
+        timings['alignment'] = _ms_since(start)
+        results.extend(self._finish_windowed(aligned))
+        self._bound_in_flight()
+        return results
+
+    def flush(self) -> list[FrameResult]:
+        """Complete the frames still in flight (``window`` mode), oldest first.
+
+        Call at the end of a stream; in ``none``/``stream`` mode it returns nothing.
+        The stream continues afterwards; call ``reset()`` to start a new one.
+        """
+        if not self._windowed:
+            return []
+        start = time.perf_counter()
+        aligned = self.aligner.flush()
+        elapsed = _ms_since(start)
+        results = self._finish_windowed(aligned)
+        if results:
+            results[0].timings_ms['alignment'] = (
+                results[0].timings_ms.get('alignment', 0.0) + elapsed)
+        self._in_flight.clear()
+        return results
+
+    def reset(self) -> None:
+        """Forget the stream (buffers, keyframes, odometry, stamp order); keep the model."""
+        self._restart()
+        self._camera = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _restart(self) -> None:
+        self.aligner.reset()
+        self.odometry.reset()
+        self._in_flight.clear()
+        self._next_index = 0
+        self._last_stamp_ns = None
+        self._last_pose = None
+        self.resets += 1
+
+    def _check_input(self, rgb: np.ndarray, intrinsics: Intrinsics, stamp_ns: int) -> None:
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8:
+            dtype = getattr(rgb, 'dtype', type(rgb).__name__)
+            raise BadInputError(f'Expected a uint8 RGB image, got {dtype}.', 'encoding')
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
+            raise BadInputError(f'Expected an (H, W, 3) RGB image, got shape {rgb.shape}.',
+                                'image_shape')
+        height, width = rgb.shape[:2]
+        if (width, height) != intrinsics.size:
+            raise BadInputError(
+                f'Image is {width}x{height} but its camera info is '
+                f'{intrinsics.width}x{intrinsics.height}.', 'size_mismatch')
+        if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+            raise BadInputError(
+                f'Stamp {stamp_ns} ns is earlier than the previous frame ({self._last_stamp_ns} '
+                f'ns, {(self._last_stamp_ns - stamp_ns) / 1e6:.3f} ms back).', 'stamp_order')
+
+    def _pad_model_time(self, start: float) -> None:
+        remaining = self.config.model.min_period_s - (time.perf_counter() - start)
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def _track(self, rgb: np.ndarray, intrinsics: Intrinsics, compute_pose: bool,
+               timings: dict[str, float]) -> PoseEstimate | None:
+        if not compute_pose or not self.config.odometry.enabled:
+            return None
+        start = time.perf_counter()
+        estimate = self.odometry.track(rgb, intrinsics)
+        timings['odometry'] = _ms_since(start)
+        self._last_pose = estimate
+        return estimate
+
+    def _finish(self, index: int, frame: _InFlight, aligned: AlignedFrame,
+                estimate: PoseEstimate | None) -> FrameResult:
+        """Attach the aligned depth to odometry and build the cloud."""
+        if estimate is not None:
+            # The reference depth must be the aligned one, so odometry and clouds share scale.
+            start = time.perf_counter()
+            self.odometry.set_reference_depth(aligned.depth)
+            frame.timings_ms['odometry'] += _ms_since(start)
+        cloud = None
+        if frame.compute_points:
+            start = time.perf_counter()
+            cloud = make_cloud(aligned.depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb)
+            frame.timings_ms['geometry'] = _ms_since(start)
+        return FrameResult(
+            index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
+            raw=frame.raw, output_kind=self.model.output_kind, depth=aligned.depth, cloud=cloud,
+            pose=estimate, fallback=bool(aligned.fallback), scale=float(aligned.scale),
+            shift=float(aligned.shift), timings_ms=frame.timings_ms)
+
+    def _finish_windowed(self, aligned: list[AlignedFrame]) -> list[FrameResult]:
+        results = []
+        for out in sorted(aligned, key=lambda a: a.index):
+            frame = self._in_flight.pop(out.index, None)
+            if frame is None:
+                # Evicted by _bound_in_flight (should not happen with a consistent aligner).
+                continue
+            estimate = self._track(frame.rgb, frame.intrinsics, frame.compute_pose,
+                                   frame.timings_ms)
+            results.append(self._finish(out.index, frame, out, estimate))
+        return results
+
+    def _bound_in_flight(self) -> None:
+        """Keep at most a few windows of frames in memory whatever the aligner does."""
+        cfg = self.config.alignment
+        limit = 2 * max(cfg.window, cfg.buffer_capacity)
+        while len(self._in_flight) > limit:
+            self._in_flight.popitem(last=False)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3

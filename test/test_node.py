@@ -1,0 +1,482 @@
+"""The endo_depth node with real rclpy, each node in its own process.
+
+A test node (this process) plays synthetic endoscope frames with camera_info and checks
+what the node publishes: end to end, under overload, with bad inputs, at start-up
+failures and at shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+import functools
+import importlib.util
+import math
+from pathlib import Path
+import signal
+import threading
+import time
+from typing import Any
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from ros_harness import NodeProcess, RosTestNode, TopicRecorder  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
+
+from endo_depth_ros.camera import Intrinsics  # noqa: E402
+from endo_depth_ros.ros import conversions  # noqa: E402
+from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO_ROOT / 'config' / 'depth.yaml'
+WIDTH, HEIGHT = 96, 80
+FRAME_ID = 'endoscope_optical_frame'
+#: Generous bound for one frame to come back (discovery is sometimes slow here).
+TIMEOUT_S = 20.0
+
+
+@functools.lru_cache(maxsize=1)
+def synthetic_frames() -> tuple[SynthFrame, ...]:
+    return tuple(render_sequence(SynthConfig(width=WIDTH, height=HEIGHT, frames=24, seed=3)))
+
+
+class Player:
+    """Publishes frames and camera infos into one node's namespace; records its outputs."""
+
+    def __init__(self, ros: RosTestNode, namespace: str, compressed: bool = False) -> None:
+        self.ros = ros
+        self.namespace = namespace
+        self.compressed = compressed
+        #: Added to the camera_info stamps (a driver whose stamps never match the images').
+        self.info_offset_ns = 0
+        image_type = CompressedImage if compressed else Image
+        image_topic = f'{namespace}/image' + ('/compressed' if compressed else '')
+        self.image_pub = ros.publisher(image_type, image_topic)
+        self.info_pub = ros.publisher(CameraInfo, f'{namespace}/camera_info')
+        self.depth = ros.subscribe(Image, f'{namespace}/depth/image')
+        self.outputs: dict[str, TopicRecorder[Any]] = {'depth': self.depth}
+        self.diagnostics = ros.subscribe(DiagnosticArray, '/diagnostics')
+
+    def record(self, **topics: type) -> None:
+        """Subscribe to more outputs: ``record(points=PointCloud2)`` -> ``depth/points``."""
+        names = {'info': 'depth/camera_info', 'colormap': 'depth/colormap',
+                 'points': 'depth/points', 'pose': 'pose', 'odom': 'odom'}
+        for key, msg_type in topics.items():
+            self.outputs[key] = self.ros.subscribe(msg_type, f'{self.namespace}/{names[key]}')
+
+    def wait_connected(self, stamp: Callable[[int], int]) -> None:
+        """Wait for discovery, then until a frame makes the round trip.
+
+        With best-effort input (sensor-data QoS) the first messages after the "matched"
+        event may still be lost while discovery completes on the other side, so a first
+        frame is repeated until its depth comes back; attempt ``k`` is stamped ``stamp(k)``.
+        """
+        self.image_pub.wait_for_subscribers()
+        self.info_pub.wait_for_subscribers()
+        for recorder in self.outputs.values():
+            assert recorder.matched.wait(TIMEOUT_S), 'an output never matched'
+        deadline = time.monotonic() + TIMEOUT_S
+        attempt = 0
+        while time.monotonic() < deadline:
+            stamp_ns = stamp(attempt)
+            attempt += 1
+            self.send_frame(synthetic_frames()[0], stamp_ns)
+            try:
+                self.wait_depth(stamp_ns, timeout=0.5)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError(f'no frame made the round trip within {TIMEOUT_S} s')
+
+    def send(self, image: Any, info: CameraInfo | None) -> None:
+        if info is not None:
+            self.info_pub.publish(info)
+        self.image_pub.publish(image)
+
+    def send_frame(self, frame: SynthFrame, stamp_ns: int) -> None:
+        info = conversions.intrinsics_to_camera_info(
+            frame.intrinsics, stamp_ns + self.info_offset_ns, FRAME_ID)
+        if self.compressed:
+            ok, png = cv2.imencode('.png', frame.rgb[:, :, ::-1])
+            assert ok
+            self.send(CompressedImage(header=conversions.make_header(stamp_ns, FRAME_ID),
+                                      format='rgb8; png compressed bgr8', data=png.tobytes()),
+                      info)
+        else:
+            self.send(conversions.rgb_to_image(frame.rgb, stamp_ns, FRAME_ID), info)
+
+    def wait_depth(self, stamp_ns: int, timeout: float = TIMEOUT_S) -> Image:
+        msgs = self.depth.wait_until(
+            lambda ms: any(conversions.stamp_to_ns(m.header.stamp) == stamp_ns for m in ms),
+            timeout)
+        return next(m for m in msgs if conversions.stamp_to_ns(m.header.stamp) == stamp_ns)
+
+    def diagnostic_values(self, predicate: Callable[[dict[str, str]], bool]) -> dict[str, str]:
+        """Wait for a /diagnostics status of this node satisfying ``predicate``."""
+        name = f'{self.namespace}/endo_depth: depth pipeline'
+
+        def latest(msgs: list[DiagnosticArray]) -> dict[str, str] | None:
+            for msg in reversed(msgs):
+                for status in msg.status:
+                    if status.name == name:
+                        return {kv.key: kv.value for kv in status.values}
+            return None
+
+        def ok(msgs: list[DiagnosticArray]) -> bool:
+            values = latest(msgs)
+            return values is not None and predicate(values)
+
+        values = latest(self.diagnostics.wait_until(ok, TIMEOUT_S))
+        assert values is not None
+        return values
+
+
+def start_node(namespace: str, *parameters: str, params_file: Path = PARAMS_FILE) -> NodeProcess:
+    args = ['-m', 'endo_depth_ros.ros.node', '--ros-args', '--params-file', str(params_file),
+            '-r', f'__ns:={namespace}']
+    for parameter in parameters:
+        args += ['-p', parameter]
+    return NodeProcess(args)
+
+
+def unique_namespace() -> str:
+    return f'/t{uuid.uuid4().hex[:8]}'
+
+
+@pytest.fixture
+def ros() -> Iterator[RosTestNode]:
+    with RosTestNode() as node:
+        yield node
+
+
+# ------------------------------------------------------------------------- end to end
+
+
+def test_synthetic_frames_come_back_as_depth_cloud_and_poses_with_the_input_headers(
+        ros: RosTestNode) -> None:
+    namespace = unique_namespace()
+    frames = synthetic_frames()[:16]
+    with start_node(namespace, 'diagnostics.period_s:=0.2') as node:
+        player = Player(ros, namespace)
+        player.record(info=CameraInfo, colormap=Image, points=PointCloud2, pose=PoseStamped,
+                      odom=Odometry)
+        stamps = [frame.stamp_ns for frame in frames]
+        # The hand-shake frame is frame 0 a second earlier: it becomes the odom origin.
+        player.wait_connected(lambda k: stamps[0] - 1_000_000_000 + k)
+        depths = []
+        for frame, stamp in zip(frames, stamps, strict=True):
+            player.send_frame(frame, stamp)  # lock-step: no frame is dropped
+            depths.append(player.wait_depth(stamp))
+        values = player.diagnostic_values(lambda v: int(v['frames_published']) > len(frames))
+        node.assert_clean_exit()
+        stderr = node.stderr
+
+    for msg, stamp in zip(depths, stamps, strict=True):
+        assert conversions.stamp_to_ns(msg.header.stamp) == stamp
+        assert msg.header.frame_id == FRAME_ID
+        assert (msg.encoding, msg.width, msg.height) == ('32FC1', WIDTH, HEIGHT)
+    depth = conversions.image_to_depth(depths[-1])
+    valid = depth[np.isfinite(depth)]
+    assert valid.size > 0.9 * depth.size
+    assert 0.005 < np.median(valid) < 0.5  # metres, as an endoscope sees a lumen
+
+    outputs = {key: [m for m in rec.wait_for(len(frames) + 1)
+                     if conversions.stamp_to_ns(m.header.stamp) in stamps]
+               for key, rec in player.outputs.items()}
+    for key in ('info', 'colormap', 'points'):
+        assert [m.header for m in outputs[key]] == [m.header for m in depths], key
+    info = outputs['info'][-1]
+    np.testing.assert_allclose(info.k, frames[-1].intrinsics.K.reshape(-1))
+    colormap = outputs['colormap'][-1]
+    assert (colormap.encoding, colormap.width, colormap.height) == ('rgb8', WIDTH, HEIGHT)
+    points, colors = conversions.pointcloud2_to_arrays(outputs['points'][-1])
+    assert len(points) > 0.5 * WIDTH * HEIGHT and colors is not None
+    assert np.nanmedian(points[:, 2]) == pytest.approx(np.median(valid), rel=0.05)
+
+    poses, odoms = outputs['pose'], outputs['odom']
+    assert [conversions.stamp_to_ns(p.header.stamp) for p in poses] == stamps
+    assert {p.header.frame_id for p in poses} == {'odom'}
+    assert {(o.header.frame_id, o.child_frame_id) for o in odoms} == {('odom', FRAME_ID)}
+    # The synthetic camera flies forward (+z of its first optical frame).
+    z = [p.pose.position.z for p in poses]
+    assert z[0] == pytest.approx(0.0, abs=1e-4)  # the same image as the odom origin
+    assert z[-1] > 0
+    assert z[-1] > abs(poses[-1].pose.position.x) and z[-1] > abs(poses[-1].pose.position.y)
+    covariance = np.asarray(odoms[-1].pose.covariance).reshape(6, 6)
+    assert np.all(np.diag(covariance) > 0)
+
+    if importlib.util.find_spec('tf2_ros') is None:
+        assert stderr.count('tf2_ros is not importable') == 1
+    assert values['model.name'] == 'photometric'
+    assert values['model.device'] == 'cpu'
+    assert values['frames_dropped'] == '0'
+    assert values['odometry.state'] == 'tracking'
+
+
+def test_compressed_input_is_decoded_when_use_compressed_is_set(ros: RosTestNode) -> None:
+    namespace = unique_namespace()
+    frame = synthetic_frames()[1]
+    with start_node(namespace, 'input.use_compressed:=true') as node:
+        player = Player(ros, namespace, compressed=True)
+        player.wait_connected(lambda k: frame.stamp_ns - 1000 + k)
+        player.send_frame(frame, frame.stamp_ns)
+        depth = player.wait_depth(frame.stamp_ns)
+        node.assert_clean_exit()
+    assert (depth.encoding, depth.width, depth.height) == ('32FC1', WIDTH, HEIGHT)
+
+
+def test_camera_info_stamps_that_never_match_fall_back_to_the_newest_with_one_warning(
+        ros: RosTestNode) -> None:
+    namespace = unique_namespace()
+    frames = synthetic_frames()[1:4]
+    with start_node(namespace) as node:
+        player = Player(ros, namespace)
+        player.info_offset_ns = 7_000_000  # 7 ms late, beyond the 1 ms tolerance
+        player.wait_connected(lambda k: frames[0].stamp_ns - 1000 + k)
+        for frame in frames:
+            player.send_frame(frame, frame.stamp_ns)
+            player.wait_depth(frame.stamp_ns)
+        node.assert_clean_exit()
+        stderr = node.stderr
+    assert stderr.count('camera_info stamps never match image stamps') == 1, stderr
+
+
+# ------------------------------------------------------------------------- overload
+
+
+class PacedSource:
+    """Publishes frames at a fixed rate from a timer of the test node (stamps = wall time)."""
+
+    def __init__(self, player: Player, rate_hz: float, count: int) -> None:
+        self.player = player
+        self.count = count
+        self.sent: list[int] = []
+        self.done = threading.Event()
+        self.frames = synthetic_frames()
+        self.timer = player.ros.node.create_timer(1.0 / rate_hz, self._tick)
+
+    def _tick(self) -> None:
+        if len(self.sent) >= self.count:
+            self.timer.cancel()
+            self.done.set()
+            return
+        stamp = time.time_ns()
+        self.player.send_frame(self.frames[len(self.sent) % len(self.frames)], stamp)
+        self.sent.append(stamp)
+
+
+def test_overloaded_node_serves_the_newest_frame_at_model_rate_with_bounded_latency(
+        ros: RosTestNode) -> None:
+    period_s, rate_hz, count = 0.2, 30.0, 75
+    namespace = unique_namespace()
+    with start_node(namespace, f'model.min_period_s:={period_s}', 'diagnostics.period_s:=0.5',
+                    'odometry.enabled:=false') as node:
+        player = Player(ros, namespace)
+        arrivals: list[tuple[int, int]] = []
+        ros.node.create_subscription(Image, f'{namespace}/depth/image', functools.partial(
+            _record_arrival, arrivals), 10)
+        player.wait_connected(lambda _k: time.time_ns())
+        arrivals.clear()
+        source = PacedSource(player, rate_hz, count)
+        assert source.done.wait(count / rate_hz * 3 + TIMEOUT_S)
+        last = source.sent[-1]
+        player.wait_depth(last)  # the newest frame is always served
+        values = player.diagnostic_values(lambda v: int(v['frames_received']) >= count + 1)
+        node.process.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=15) == 0
+        assert 'Traceback' not in node.stderr
+
+    duration_s = (source.sent[-1] - source.sent[0]) / 1e9
+    served = [stamp for stamp, _ in arrivals]
+    # Output at the model's rate: one frame per period, not the camera's 30 Hz.
+    assert 0.6 * duration_s / period_s <= len(served) <= 1.2 * duration_s / period_s + 2
+    latencies_s = [(arrived - stamp) / 1e9 for stamp, arrived in arrivals]
+    # While the camera runs, a frame waits at most for the frame in progress; the last one
+    # (nothing newer replaces it) may wait a full period more.
+    assert max(latencies_s[:-1]) < 2 * period_s, latencies_s
+    assert latencies_s[-1] < 2 * period_s + 0.1, latencies_s
+    # No growing queue: the last frames wait no longer than the first ones.
+    assert np.median(latencies_s[-4:-1]) < np.median(latencies_s[:3]) + period_s / 2
+    assert int(values['frames_dropped']) >= count - len(served) - 5
+    assert float(values['latency_p50_ms']) < 2e3 * period_s
+
+
+def _record_arrival(arrivals: list[tuple[int, int]], msg: Image) -> None:
+    arrivals.append((conversions.stamp_to_ns(msg.header.stamp), time.time_ns()))
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+_STAMPS = iter(range(1_800_000_000_000_000_000, 1_900_000_000_000_000_000, 50_000_000))
+
+
+@pytest.fixture(scope='module')
+def serving() -> Iterator[tuple[Player, NodeProcess]]:
+    """One node for all bad-input cases; it must survive them all and exit cleanly."""
+    namespace = unique_namespace()
+    with RosTestNode('bad_input_player') as ros, \
+            start_node(namespace, 'diagnostics.period_s:=0.2', 'outputs.points:=false') as node:
+        player = Player(ros, namespace)
+        player.wait_connected(lambda _k: next(_STAMPS))
+        yield player, node
+        node.assert_clean_exit()
+
+
+def _good(stamp_ns: int) -> tuple[Image, CameraInfo]:
+    frame = synthetic_frames()[0]
+    return (conversions.rgb_to_image(frame.rgb, stamp_ns, FRAME_ID),
+            conversions.intrinsics_to_camera_info(frame.intrinsics, stamp_ns, FRAME_ID))
+
+
+def _bad_encoding(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    image.encoding = 'yuv422_yuy2'
+    return image, info
+
+
+def _depth_encoding(stamp: int) -> tuple[Image, CameraInfo]:
+    frame = synthetic_frames()[0]
+    return (conversions.depth_to_image(frame.depth, stamp, FRAME_ID), _good(stamp)[1])
+
+
+def _short_buffer(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    image.data = image.data[: len(image.data) // 2]
+    return image, info
+
+
+def _zero_size(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    image.width = image.height = image.step = 0
+    image.data = b''
+    return image, info
+
+
+def _nan_focal(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.k[0] = math.nan
+    return image, info
+
+
+def _zero_focal(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.k[0] = 0.0
+    return image, info
+
+
+def _size_mismatch(stamp: int) -> tuple[Image, CameraInfo]:
+    image, _ = _good(stamp)
+    intrinsics = Intrinsics(2 * WIDTH, 2 * HEIGHT, 100.0, 100.0, WIDTH - 0.5, HEIGHT - 0.5)
+    return image, conversions.intrinsics_to_camera_info(intrinsics, stamp, FRAME_ID)
+
+
+def _stamp_backwards(stamp: int) -> tuple[Image, CameraInfo]:
+    return _good(stamp - 10_000_000_000)
+
+
+def _camera_info_missing(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.header.stamp = conversions.ns_to_stamp(stamp + 20_000_000)
+    return image, info
+
+
+@pytest.mark.parametrize(('make', 'reason'), [
+    (_bad_encoding, 'encoding'),
+    (_depth_encoding, 'encoding'),
+    (_short_buffer, 'buffer_size'),
+    (_zero_size, 'empty'),
+    (_nan_focal, 'intrinsics'),
+    (_zero_focal, 'intrinsics'),
+    (_size_mismatch, 'size_mismatch'),
+    (_stamp_backwards, 'stamp_order'),
+    (_camera_info_missing, 'camera_info_stamp'),
+], ids=lambda v: getattr(v, '__name__', v))
+def test_bad_input_is_dropped_counted_and_the_next_good_frame_is_served(
+        serving: tuple[Player, NodeProcess],
+        make: Callable[[int], tuple[Image, CameraInfo]], reason: str) -> None:
+    player, node = serving
+    # A good frame first: the node serves, and stamp order has a reference.
+    stamp = next(_STAMPS)
+    player.send(*_good(stamp))
+    player.wait_depth(stamp)
+    before = int(player.diagnostic_values(lambda v: True).get(f'rejected.{reason}', 0))
+
+    bad_stamp = next(_STAMPS)
+    player.send(*make(bad_stamp))
+    player.diagnostic_values(lambda v: int(v.get(f'rejected.{reason}', 0)) > before)
+
+    good_stamp = next(_STAMPS)
+    player.send(*_good(good_stamp))
+    assert player.wait_depth(good_stamp).width == WIDTH
+    assert node.running()
+    assert f'({reason})' in node.stderr  # one warning naming the cause
+
+
+def test_parameters_that_cannot_change_live_are_refused_and_geometry_applies(
+        serving: tuple[Player, NodeProcess]) -> None:
+    player, _node = serving
+    client = player.ros.node.create_client(SetParameters,
+                                           f'{player.namespace}/endo_depth/set_parameters')
+    assert client.wait_for_service(timeout_sec=TIMEOUT_S)
+
+    def set_parameter(name: str, value: ParameterValue) -> Any:
+        future = client.call_async(SetParameters.Request(
+            parameters=[ParameterMsg(name=name, value=value)]))
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        assert done.wait(TIMEOUT_S)
+        return future.result().results[0]
+
+    refused = set_parameter('model.name', ParameterValue(
+        type=ParameterType.PARAMETER_STRING, string_value='dav2-s'))
+    assert not refused.successful and 'restart' in refused.reason
+    invalid = set_parameter('geometry.stride', ParameterValue(
+        type=ParameterType.PARAMETER_INTEGER, integer_value=0))
+    assert not invalid.successful and 'stride' in invalid.reason
+    applied = set_parameter('geometry.stride', ParameterValue(
+        type=ParameterType.PARAMETER_INTEGER, integer_value=2))
+    assert applied.successful, applied.reason
+
+
+# ------------------------------------------------------------------------- start-up
+
+
+@pytest.mark.parametrize(('parameters', 'message'), [
+    (['model.name:=dav2-s'], 'needs a checkpoint'),
+    (['model.checkpoint:=/nonexistent/weights.pth'], 'no weights'),
+    (['alignment.mode:=sometimes'], 'alignment'),
+    (['outputs.queue_depth:=50'], 'outputs.queue_depth'),
+    (['geometry.max_range_m:=1'], 'decimal point'),
+    (['model.nmae:=dav2-s'], 'Unknown parameter(s): model.nmae'),
+], ids=lambda v: v[0] if isinstance(v, list) else None)
+def test_start_up_errors_exit_non_zero_with_one_clear_line(parameters: list[str],
+                                                           message: str) -> None:
+    with start_node(unique_namespace(), *parameters) as node:
+        code = node.wait(timeout=60)
+        stderr = node.stderr
+    assert code == 2, stderr
+    assert 'Cannot start' in stderr and message in stderr, stderr
+    assert 'Traceback' not in stderr
+
+
+def test_a_checkpoint_that_fails_to_load_is_a_start_up_error(tmp_path: Path) -> None:
+    checkpoint = tmp_path / 'broken.pth'
+    checkpoint.write_bytes(b'not a checkpoint')
+    with start_node(unique_namespace(), 'model.name:=dav2-s',
+                    f'model.checkpoint:={checkpoint}') as node:
+        code = node.wait(timeout=120)
+        stderr = node.stderr
+    assert code == 2, stderr
+    assert 'Cannot start' in stderr and 'broken.pth' in stderr, stderr
+    assert 'Traceback' not in stderr
