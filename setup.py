@@ -39,6 +39,7 @@ setup(
         'tqdm',
         'matplotlib',
         'scipy',
+        'pyyaml',
     ],
     zip_safe=False,
     maintainer='endo_depth_ros maintainers',
@@ -52,6 +53,7 @@ setup(
             'endo-depth-eval = endo_depth_ros.cli.eval:main',
             'endo-depth-export = endo_depth_ros.cli.export:main',
             'endo-depth-bench = endo_depth_ros.cli.bench:main',
+            'endo-depth-demo = endo_depth_ros.cli.demo:main',
         ],
     },
 )

@@ -176,10 +176,10 @@ class AlignmentConfig:
         reference_frames: stream mode: how many of the last aligned frames each new
             frame is fitted against.
         keyframes: stream mode: how many keyframes anchor the scale (0: none).
-        keyframe_overlap: a keyframe whose overlap with the current view (fraction of
-            the current frame's pixels it explains) drops below this is left out of
-            the fits; when the newest one drops below it, the current frame becomes a
-            keyframe.
+        keyframe_overlap: a keyframe whose overlap with the current view (pixels of
+            the current frame it explains, relative to those the last frame explains)
+            drops below this is left out of the fits; when the newest one drops below
+            it, the current frame becomes a keyframe.
         keyframe_weight: weight of a keyframe's pixels relative to a previous frame's.
         reproject: use the poses given to ``push`` to reproject references into the new
             view. The depth must then have the right shape (see the module docstring).
@@ -507,10 +507,11 @@ def _closed_form(
     else:
         mx = my = 0.0
         dx, dy = x, y
-    wdx = w * dx
-    sxx = float(np.dot(wdx, dx))
-    sxy = float(np.dot(wdx, dy))
-    syy = float(np.dot(w * dy, dy))
+    with np.errstate(over='ignore', invalid='ignore'):  # non-finite sums are rejected below
+        wdx = w * dx
+        sxx = float(np.dot(wdx, dx))
+        sxy = float(np.dot(wdx, dy))
+        syy = float(np.dot(w * dy, dy))
     magnitude = max(abs(mx), float(np.max(np.abs(x))))
     if not sxx > sw * (CONSTANT_SPREAD * magnitude) ** 2:
         return math.nan, math.nan, CONSTANT
@@ -519,7 +520,7 @@ def _closed_form(
     else:
         # Geometric mean of the slopes of y on x (sxy/sxx) and of x on y (syy/sxy).
         scale = math.copysign(math.sqrt(max(syy, 0.0) / sxx), sxy)
-    shift = my - scale * mx
+    shift = my - scale * mx if math.isfinite(scale) else math.nan
     if not (math.isfinite(scale) and math.isfinite(shift)):
         return math.nan, math.nan, NON_FINITE
     if scale <= 0:

@@ -228,6 +228,7 @@ def test_fit_without_shift_fits_a_scale_only() -> None:
     (np.full(50, 3.0), np.linspace(1, 2, 50), 'constant'),
     (np.linspace(1, 2, 50), np.linspace(2, 1, 50), 'non_positive_scale'),
     (np.linspace(1, 2, 50), np.full(50, 1.0), 'non_positive_scale'),
+    (np.linspace(1, 2, 50), 1e300 * np.linspace(1, 2, 50), 'non_finite'),
 ])
 def test_fit_reports_why_degenerate_data_cannot_be_fitted(x: np.ndarray, y: np.ndarray,
                                                           reason: str) -> None:
