@@ -28,7 +28,7 @@ from pathlib import Path
 import re
 import shutil
 import sqlite3
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 import zipfile
 
 import numpy as np
@@ -36,7 +36,11 @@ import numpy as np
 from endo_depth_ros import encodings
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError
-from endo_depth_ros.geometry import pose_from_translation_quaternion, pose_to_translation_quaternion
+from endo_depth_ros.geometry import (
+    PointCloud,
+    pose_from_translation_quaternion,
+    pose_to_translation_quaternion,
+)
 
 #: Topics written by :func:`write_sequence`.
 TOPIC_IMAGE = '/endoscope/image_raw'
@@ -54,6 +58,7 @@ IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 POSE_TYPE = 'geometry_msgs/msg/PoseStamped'
+POINT_CLOUD_TYPE = 'sensor_msgs/msg/PointCloud2'
 ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
 
 _NS_PER_S = 1_000_000_000
@@ -135,6 +140,100 @@ def typestore() -> Any:
     raise BagError('rosbags knows none of the ROS 2 releases Kilted, Jazzy or Humble.')
 
 
+class BagWriter:
+    """A rosbag2 written message by message from arrays (rosbags; no ROS needed).
+
+    Each ``write_*`` method converts arrays to one message stamped ``stamp_ns`` (header
+    and log time) in ``frame_id`` and appends it to ``topic``; a topic's connection is
+    added on its first message, or up front with ``topics``. Use as a context manager::
+
+        with BagWriter(path) as bag:
+            bag.write_image(TOPIC_IMAGE, stamp_ns, rgb, 'rgb8')
+
+    Args:
+        path: the bag directory to create (rosbag2 layout: ``metadata.yaml`` plus
+            ``<name>_0.mcap`` or ``.db3``).
+        storage: ``'mcap'`` (default) or ``'sqlite3'``.
+        overwrite: replace an existing bag or npz folder at ``path``.
+        topics: ``(topic, msgtype)`` connections to add now, in this order, so that they
+            exist even if no message is written to them.
+
+    Raises:
+        ConfigError: unknown ``storage``.
+        BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
+        OSError: the directory cannot be created or written.
+    """
+
+    def __init__(self, path: str | Path, *, storage: str = 'mcap', overwrite: bool = False,
+                 topics: Iterable[tuple[str, str]] = ()) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        if storage not in STORAGES:
+            raise ConfigError(f'Unknown bag storage {storage!r}; expected one of {STORAGES}.')
+        self.path = Path(path)
+        _prepare_output(self.path, overwrite)
+        self._store = typestore()
+        self._types = self._store.types
+        plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        for topic, msgtype in topics:
+            self._connection(topic, msgtype)
+
+    def write_image(self, topic: str, stamp_ns: int, array: np.ndarray, encoding: str,
+                    frame_id: str = CAMERA_FRAME) -> None:
+        """``sensor_msgs/Image`` of ``array`` (e.g. (H, W, 3) uint8 ``'rgb8'``, ``'mono8'``)."""
+        self._write(topic, stamp_ns, _image(self._types, self._header(stamp_ns, frame_id),
+                                            array, encoding))
+
+    def write_depth(self, topic: str, stamp_ns: int, depth: np.ndarray,
+                    frame_id: str = CAMERA_FRAME) -> None:
+        """``sensor_msgs/Image`` 32FC1 of depth (H, W) float32 metres, NaN invalid."""
+        self.write_image(topic, stamp_ns, encodings.depth_to_encoding(depth, '32FC1'), '32FC1',
+                         frame_id)
+
+    def write_camera_info(self, topic: str, stamp_ns: int, intrinsics: Intrinsics,
+                          frame_id: str = CAMERA_FRAME) -> None:
+        """``sensor_msgs/CameraInfo`` of ``intrinsics`` (pinhole written as plumb_bob, D = 0)."""
+        self._write(topic, stamp_ns, _camera_info(
+            self._types, self._header(stamp_ns, frame_id), intrinsics))
+
+    def write_pose(self, topic: str, stamp_ns: int, T: np.ndarray,
+                   frame_id: str = WORLD_FRAME) -> None:
+        """``geometry_msgs/PoseStamped`` of a 4x4 ``T_frame_camera`` (metres)."""
+        self._write(topic, stamp_ns, _pose(self._types, self._header(stamp_ns, frame_id), T))
+
+    def write_cloud(self, topic: str, stamp_ns: int, cloud: PointCloud,
+                    frame_id: str = CAMERA_FRAME) -> None:
+        """``sensor_msgs/PointCloud2``: x, y, z (and rgb as 0x00RRGGBB) float32, 16-byte points."""
+        self._write(topic, stamp_ns, _cloud(self._types, self._header(stamp_ns, frame_id),
+                                            cloud))
+
+    def close(self) -> None:
+        """Finish the bag (writes ``metadata.yaml``)."""
+        self._writer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _header(self, stamp_ns: int, frame_id: str) -> Any:
+        return _header(self._types, stamp_ns, frame_id)
+
+    def _connection(self, topic: str, msgtype: str) -> Any:
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=self._store)
+        return self._connections[topic]
+
+    def _write(self, topic: str, stamp_ns: int, msg: Any) -> None:
+        self._writer.write(self._connection(topic, msg.__msgtype__), int(stamp_ns),
+                           self._store.serialize_cdr(msg, msg.__msgtype__))
+
+
 def write_sequence(
     path: str | Path,
     frames: Iterable[FrameLike],
@@ -160,39 +259,17 @@ def write_sequence(
         BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
         OSError: the directory cannot be created or written.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    if storage not in STORAGES:
-        raise ConfigError(f'Unknown bag storage {storage!r}; expected one of {STORAGES}.')
-    path = Path(path)
-    _prepare_output(path, overwrite)
-    store = typestore()
-    types = store.types
-    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     count = 0
-    with Writer(path, version=9, storage_plugin=plugin) as writer:
-        conn = {
-            TOPIC_IMAGE: writer.add_connection(TOPIC_IMAGE, IMAGE_TYPE, typestore=store),
-            TOPIC_CAMERA_INFO: writer.add_connection(TOPIC_CAMERA_INFO, CAMERA_INFO_TYPE,
-                                                     typestore=store),
-            TOPIC_DEPTH: writer.add_connection(TOPIC_DEPTH, IMAGE_TYPE, typestore=store),
-            TOPIC_POSE: writer.add_connection(TOPIC_POSE, POSE_TYPE, typestore=store),
-            TOPIC_SEG: writer.add_connection(TOPIC_SEG, IMAGE_TYPE, typestore=store),
-        }
+    topics = ((TOPIC_IMAGE, IMAGE_TYPE), (TOPIC_CAMERA_INFO, CAMERA_INFO_TYPE),
+              (TOPIC_DEPTH, IMAGE_TYPE), (TOPIC_POSE, POSE_TYPE), (TOPIC_SEG, IMAGE_TYPE))
+    with BagWriter(path, storage=storage, overwrite=overwrite, topics=topics) as bag:
         for frame in frames:
             stamp = int(frame.stamp_ns)
-            camera_header = _header(types, stamp, CAMERA_FRAME)
-            depth = encodings.depth_to_encoding(frame.depth, '32FC1')
-            messages = (
-                (TOPIC_IMAGE, _image(types, camera_header, frame.rgb, 'rgb8')),
-                (TOPIC_CAMERA_INFO, _camera_info(types, camera_header, frame.intrinsics)),
-                (TOPIC_DEPTH, _image(types, camera_header, depth, '32FC1')),
-                (TOPIC_POSE, _pose(types, _header(types, stamp, WORLD_FRAME), frame.pose)),
-                (TOPIC_SEG, _image(types, camera_header, np.asarray(frame.seg, np.uint8),
-                                   'mono8')),
-            )
-            for topic, msg in messages:
-                writer.write(conn[topic], stamp, store.serialize_cdr(msg, msg.__msgtype__))
+            bag.write_image(TOPIC_IMAGE, stamp, frame.rgb, 'rgb8')
+            bag.write_camera_info(TOPIC_CAMERA_INFO, stamp, frame.intrinsics)
+            bag.write_depth(TOPIC_DEPTH, stamp, frame.depth)
+            bag.write_pose(TOPIC_POSE, stamp, frame.pose)
+            bag.write_image(TOPIC_SEG, stamp, np.asarray(frame.seg, np.uint8), 'mono8')
             count += 1
     return count
 
@@ -288,6 +365,26 @@ def _pose(types: dict[str, Any], header: Any, T: np.ndarray) -> Any:
     return types[POSE_TYPE](
         header=header, pose=types['geometry_msgs/msg/Pose'](position=point,
                                                              orientation=quaternion))
+
+
+def _cloud(types: dict[str, Any], header: Any, cloud: PointCloud) -> Any:
+    # The layout of ros.conversions.cloud_to_pointcloud2 (which builds rclpy messages).
+    points = np.asarray(cloud.points, dtype='<f4').reshape(-1, 3)
+    packed = np.zeros((points.shape[0], 4), dtype='<f4')
+    packed[:, :3] = points
+    names = ['x', 'y', 'z']
+    if cloud.colors is not None:
+        rgb = np.asarray(cloud.colors, dtype=np.uint32).reshape(-1, 3)
+        # PCL's packed colour: 0x00RRGGBB in the bytes of a float32.
+        packed.view('<u4')[:, 3] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+        names.append('rgb')
+    point_field = types['sensor_msgs/msg/PointField']
+    point_fields = [point_field(name=n, offset=4 * i, datatype=point_field.FLOAT32, count=1)
+                    for i, n in enumerate(names)]
+    return types[POINT_CLOUD_TYPE](
+        header=header, height=cloud.height, width=cloud.width, fields=point_fields,
+        is_bigendian=False, point_step=16, row_step=16 * cloud.width,
+        data=packed.view(np.uint8).ravel(), is_dense=cloud.is_dense)
 
 
 # --------------------------------------------------------------------------- reading

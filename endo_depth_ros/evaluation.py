@@ -19,7 +19,8 @@ depth, to isolate alignment and odometry errors from the network's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+import contextlib
 from dataclasses import dataclass, field, replace
 import math
 from pathlib import Path
@@ -28,10 +29,9 @@ from typing import Protocol
 
 import numpy as np
 
-from endo_depth_ros import bags, encodings, metrics, models
+from endo_depth_ros import bags, metrics, models
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, ConfigError, ModelLoadError
-from endo_depth_ros.geometry import PointCloud
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
 
@@ -46,6 +46,18 @@ class Progress(Protocol):
 
 #: Called once per run with a description and the number of frames (None if unknown).
 ProgressFactory = Callable[[str, 'int | None'], Progress]
+
+
+@contextlib.contextmanager
+def progress_bar(progress: ProgressFactory | None, description: str,
+                 total: int | None) -> Iterator[Progress | None]:
+    """The display ``progress`` makes for one run (None without a factory), closed after."""
+    bar = None if progress is None else progress(description, total)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 #: Name of the ground-truth oracle model.
 ORACLE = 'gt'
@@ -319,11 +331,8 @@ def evaluate(
                     f'The gt oracle needs a ground-truth depth topic, but {path} has none.',
                     'no_ground_truth')
             for align in config.align_modes:
-                bar = None
-                if progress is not None:
-                    bar = progress(f'{Path(path).name} {spec.label}/{align}',
-                                   config.frames or None)
-                try:
+                with progress_bar(progress, f'{Path(path).name} {spec.label}/{align}',
+                                  config.frames or None) as bar:
                     if write_bag is not None and not results:
                         with OutputBag(write_bag) as out:
                             results.append(evaluate_run(path, topics, spec, model, align,
@@ -331,9 +340,6 @@ def evaluate(
                     else:
                         results.append(evaluate_run(path, topics, spec, model, align, config,
                                                     bar))
-                finally:
-                    if bar is not None:
-                        bar.close()
     return results
 
 
@@ -558,67 +564,30 @@ class OutputBag:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
         self.path = Path(path)
-        bags._prepare_output(self.path, overwrite=True)
-        self._store = bags.typestore()
-        self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
-        self._writer.open()
-        self._conns = {
-            topic: self._writer.add_connection(topic, msgtype, typestore=self._store)
-            for topic, msgtype in (
-                (bags.TOPIC_IMAGE, bags.IMAGE_TYPE),
-                (bags.TOPIC_CAMERA_INFO, bags.CAMERA_INFO_TYPE),
-                ('/depth/image', bags.IMAGE_TYPE),
-                ('/depth/camera_info', bags.CAMERA_INFO_TYPE),
-                ('/depth/points', 'sensor_msgs/msg/PointCloud2'),
-                ('/pose', bags.POSE_TYPE),
-            )
-        }
+        self._bag = bags.BagWriter(self.path, overwrite=True, topics=(
+            (bags.TOPIC_IMAGE, bags.IMAGE_TYPE),
+            (bags.TOPIC_CAMERA_INFO, bags.CAMERA_INFO_TYPE),
+            ('/depth/image', bags.IMAGE_TYPE),
+            ('/depth/camera_info', bags.CAMERA_INFO_TYPE),
+            ('/depth/points', bags.POINT_CLOUD_TYPE),
+            ('/pose', bags.POSE_TYPE),
+        ))
 
     def write(self, result: FrameResult) -> None:
         """Write one frame's input and outputs at its stamp."""
-        types = self._store.types
         stamp = result.stamp_ns
-        header = bags._header(types, stamp, bags.CAMERA_FRAME)
-        depth = encodings.depth_to_encoding(result.depth, '32FC1')
-        messages = [
-            (bags.TOPIC_IMAGE, bags._image(types, header, result.rgb, 'rgb8')),
-            (bags.TOPIC_CAMERA_INFO, bags._camera_info(types, header, result.intrinsics)),
-            ('/depth/image', bags._image(types, header, depth, '32FC1')),
-            ('/depth/camera_info', bags._camera_info(types, header, result.intrinsics)),
-        ]
+        self._bag.write_image(bags.TOPIC_IMAGE, stamp, result.rgb, 'rgb8')
+        self._bag.write_camera_info(bags.TOPIC_CAMERA_INFO, stamp, result.intrinsics)
+        self._bag.write_depth('/depth/image', stamp, result.depth)
+        self._bag.write_camera_info('/depth/camera_info', stamp, result.intrinsics)
         if result.cloud is not None:
-            messages.append(('/depth/points', self._cloud(header, result.cloud)))
+            self._bag.write_cloud('/depth/points', stamp, result.cloud)
         if result.pose is not None and result.pose.valid:
-            messages.append(('/pose', bags._pose(types, bags._header(types, stamp, 'odom'),
-                                                 result.pose.pose)))
-        for topic, msg in messages:
-            self._writer.write(self._conns[topic], stamp,
-                               self._store.serialize_cdr(msg, msg.__msgtype__))
-
-    def _cloud(self, header: object, cloud: PointCloud) -> object:
-        types = self._store.types
-        points = np.asarray(cloud.points, dtype='<f4').reshape(-1, 3)
-        packed = np.zeros((points.shape[0], 4), dtype='<f4')
-        packed[:, :3] = points
-        names = ['x', 'y', 'z']
-        if cloud.colors is not None:
-            rgb = np.asarray(cloud.colors, dtype=np.uint32).reshape(-1, 3)
-            # PCL's packed colour: 0x00RRGGBB in the bytes of a float32.
-            packed.view('<u4')[:, 3] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-            names.append('rgb')
-        point_field = types['sensor_msgs/msg/PointField']
-        fields = [point_field(name=n, offset=4 * i, datatype=point_field.FLOAT32, count=1)
-                  for i, n in enumerate(names)]
-        return types['sensor_msgs/msg/PointCloud2'](
-            header=header, height=cloud.height, width=cloud.width, fields=fields,
-            is_bigendian=False, point_step=16, row_step=16 * cloud.width,
-            data=packed.view(np.uint8).ravel(), is_dense=cloud.is_dense)
+            self._bag.write_pose('/pose', stamp, result.pose.pose, frame_id='odom')
 
     def close(self) -> None:
-        self._writer.close()
+        self._bag.close()
 
     def __enter__(self) -> OutputBag:
         return self

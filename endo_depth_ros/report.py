@@ -133,6 +133,15 @@ def markdown_table(results: Sequence[RunResult]) -> str:
     return _markdown(header, rows)
 
 
+def results_tables(results: Sequence[RunResult]) -> str:
+    """``markdown_table`` of all runs, then ``live_table`` of the live ones if any (Markdown)."""
+    text = markdown_table(results)
+    live = [r for r in results if r.mode == 'live']
+    if live:
+        text += '\n\n' + live_table(live)
+    return text
+
+
 def live_table(results: Sequence[RunResult]) -> str:
     """Latency, drop rate and output rate of live runs (Markdown)."""
     header = ['Model', 'Align', 'Latency p50 (ms)', 'Latency p95 (ms)', 'Drop rate',

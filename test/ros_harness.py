@@ -6,6 +6,10 @@
   publish and to wait, with a timeout, for subscriptions to match and for messages to
   arrive. Waits are on events, never fixed sleeps.
 
+Both build on the package's own ``endo_depth_ros.ros.process.NodeProcess`` and
+``endo_depth_ros.ros.spinning.SpinningNode`` (which the live evaluator uses too), adding
+what only tests want: failing on an unclean exit, recorders, the repo root as cwd.
+
 Import this module only in tests that need rclpy; ``conftest.py`` has already confined
 DDS to localhost and chosen a private domain id.
 """
@@ -13,22 +17,17 @@ DDS to localhost and chosen a private domain id.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-import os
 from pathlib import Path
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 from typing import Any, Generic, TypeVar
 
-import rclpy
-from rclpy.context import Context
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+
+from endo_depth_ros.ros import process, spinning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Cross-process discovery usually takes ~50 ms here but sometimes ~2 s: wait generously.
@@ -37,14 +36,8 @@ DISCOVERY_TIMEOUT_S = 20.0
 MsgT = TypeVar('MsgT')
 
 
-def _reset_sigint() -> None:
-    # A child started from a backgrounded shell inherits SIGINT ignored; restore the
-    # default so that our SIGINT reaches rclpy's handler as Ctrl-C would.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-class NodeProcess:
-    """A Python module (usually a ROS node) running in its own process.
+class NodeProcess(process.NodeProcess):
+    """A Python module (usually a ROS node) running in its own process, from the repo root.
 
     Args:
         args: arguments after ``python``, e.g. ``['-m', 'endo_depth_ros.ros.node',
@@ -53,47 +46,15 @@ class NodeProcess:
     """
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
-        self._log_dir = tempfile.TemporaryDirectory(prefix='endo_depth_proc_')
-        self._stdout_path = Path(self._log_dir.name) / 'stdout.txt'
-        self._stderr_path = Path(self._log_dir.name) / 'stderr.txt'
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        # Unbuffered output so that logs are complete even if the process is killed.
-        full_env['PYTHONUNBUFFERED'] = '1'
-        full_env['PYTHONPATH'] = os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [full_env.get('PYTHONPATH')])])
-        with open(self._stdout_path, 'wb') as out, open(self._stderr_path, 'wb') as err:
-            self.process = subprocess.Popen(
-                [sys.executable, *args], cwd=REPO_ROOT, env=full_env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, preexec_fn=_reset_sigint)
-
-    @property
-    def stdout(self) -> str:
-        return self._stdout_path.read_text(errors='replace')
-
-    @property
-    def stderr(self) -> str:
-        return self._stderr_path.read_text(errors='replace')
-
-    def running(self) -> bool:
-        return self.process.poll() is None
+        super().__init__(args, env, cwd=REPO_ROOT)
 
     def stop(self, timeout: float = 15.0) -> int:
         """Send SIGINT and wait for the exit code (kill after ``timeout`` s and fail)."""
-        if self.running():
-            self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        code = super().stop(timeout)
+        if self.killed:
             raise AssertionError(
-                f'process did not exit within {timeout} s of SIGINT; stderr:\n{self.stderr}'
-            ) from None
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the process to exit by itself; returns its exit code."""
-        return self.process.wait(timeout=timeout)
+                f'process did not exit within {timeout} s of SIGINT; stderr:\n{self.stderr}')
+        return code
 
     def assert_clean_exit(self, timeout: float = 15.0) -> None:
         """Stop with SIGINT and assert exit code 0 and no traceback on stderr."""
@@ -101,18 +62,6 @@ class NodeProcess:
         stderr = self.stderr
         assert code == 0, f'exit code {code}; stderr:\n{stderr}'
         assert 'Traceback' not in stderr, f'traceback on stderr:\n{stderr}'
-
-    def close(self) -> None:
-        if self.running():
-            self.process.kill()
-            self.process.wait()
-        self._log_dir.cleanup()
-
-    def __enter__(self) -> NodeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class TopicRecorder(Generic[MsgT]):
@@ -152,22 +101,11 @@ class TopicRecorder(Generic[MsgT]):
             self.messages.clear()
 
 
-class RosTestNode:
+class RosTestNode(spinning.SpinningNode):
     """An in-test rclpy node with its own context, spinning in a background thread."""
 
     def __init__(self, name: str = 'endo_depth_test') -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node(name, context=self.context)
-        self._executor = SingleThreadedExecutor(context=self.context)
-        self._executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self._executor.spin_once(timeout_sec=0.05)
+        super().__init__(name, signal_handler_options=SignalHandlerOptions.ALL)
 
     def subscribe(self, msg_type: type[MsgT], topic: str,
                   qos: QoSProfile | int = 10) -> TopicRecorder[MsgT]:
@@ -188,40 +126,19 @@ class RosTestNode:
         """A publisher whose ``wait_for_subscribers`` waits on the matched event."""
         return MatchedPublisher(self.node, msg_type, topic, qos)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        self._executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
-
-    def __enter__(self) -> RosTestNode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class MatchedPublisher:
     """A publisher that can wait until ``count`` subscriptions matched."""
 
     def __init__(self, node: Node, msg_type: type[Any], topic: str,
                  qos: QoSProfile | int) -> None:
-        self._matched_count = 0
-        self._condition = threading.Condition()
+        self._matched = spinning.MatchCounter()
         self.publisher: Publisher = node.create_publisher(
             msg_type, topic, qos,
-            event_callbacks=PublisherEventCallbacks(matched=self._on_matched))
-
-    def _on_matched(self, info: Any) -> None:
-        with self._condition:
-            self._matched_count = info.current_count
-            self._condition.notify_all()
+            event_callbacks=PublisherEventCallbacks(matched=self._matched.callback(topic)))
 
     def wait_for_subscribers(self, count: int = 1, timeout: float = DISCOVERY_TIMEOUT_S) -> None:
-        with self._condition:
-            ok = self._condition.wait_for(lambda: self._matched_count >= count, timeout)
-        if not ok:
+        if not self._matched.wait(count, timeout):
             raise AssertionError(f'{count} subscriber(s) did not match within {timeout} s')
 
     def publish(self, msg: Any) -> None:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 import socket
 
+from model_helpers import random_network, tiny_torch_model
 import numpy as np
 import pytest
 from safetensors.torch import save_file
@@ -24,24 +25,9 @@ RNG = np.random.default_rng(7)
 IMAGE = RNG.integers(0, 256, (2, 48, 64, 3), np.uint8)
 
 
-def _random_network(config: object, seed: int = 0) -> torch.nn.Module:
-    """A network whose outputs vary (the default init makes tiny heads nearly constant)."""
-    network = da.build_network(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in network.state_dict().values():
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
-    return network
-
-
-def _torch_model(network: torch.nn.Module, name: str = 'dav2') -> da.TorchDepthModel:
-    return da.TorchDepthModel(network, name=name, output_kind='relative_disparity',
-                              device='cpu', input_size=28)
-
-
 @pytest.fixture(scope='module')
 def tiny() -> torch.nn.Module:
-    return _random_network(da.tiny_config('dav2'))
+    return random_network(da.tiny_config('dav2'))
 
 
 @pytest.fixture(scope='module')
@@ -123,7 +109,7 @@ def test_official_pth_loads_with_identical_outputs(
 ) -> None:
     loaded = models.load('dav2', official_pth, device='cpu', input_size=28)
     assert loaded.output_kind == 'relative_disparity'
-    np.testing.assert_array_equal(loaded.infer(IMAGE), _torch_model(tiny).infer(IMAGE))
+    np.testing.assert_array_equal(loaded.infer(IMAGE), tiny_torch_model(tiny).infer(IMAGE))
 
 
 def test_hf_folder_loads_offline_with_identical_outputs(
@@ -137,7 +123,7 @@ def test_hf_folder_loads_offline_with_identical_outputs(
 
     monkeypatch.setattr(socket.socket, 'connect', no_network)
     loaded = models.load('dav2', tmp_path, device='cpu', input_size=28)
-    np.testing.assert_array_equal(loaded.infer(IMAGE), _torch_model(tiny).infer(IMAGE))
+    np.testing.assert_array_equal(loaded.infer(IMAGE), tiny_torch_model(tiny).infer(IMAGE))
 
 
 def test_hf_folder_of_older_transformers_loads(tiny: torch.nn.Module, tmp_path: Path) -> None:
@@ -155,14 +141,14 @@ def test_hf_folder_of_older_transformers_loads(tiny: torch.nn.Module, tmp_path: 
     config['max_depth'] = None
     (tmp_path / 'config.json').write_text(json.dumps(config))
     loaded = models.load('dav2', tmp_path, device='cpu', input_size=28)
-    np.testing.assert_array_equal(loaded.infer(IMAGE), _torch_model(tiny).infer(IMAGE))
+    np.testing.assert_array_equal(loaded.infer(IMAGE), tiny_torch_model(tiny).infer(IMAGE))
 
 
 def test_single_hf_layout_file_loads(tiny: torch.nn.Module, tmp_path: Path) -> None:
     path = tmp_path / 'finetuned.safetensors'
     save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
     loaded = models.load('dav2', path, device='cpu', input_size=28)
-    np.testing.assert_array_equal(loaded.infer(IMAGE), _torch_model(tiny).infer(IMAGE))
+    np.testing.assert_array_equal(loaded.infer(IMAGE), tiny_torch_model(tiny).infer(IMAGE))
 
 
 def test_wrapped_data_parallel_checkpoint_loads(tiny: torch.nn.Module, tmp_path: Path) -> None:
@@ -170,7 +156,7 @@ def test_wrapped_data_parallel_checkpoint_loads(tiny: torch.nn.Module, tmp_path:
     path = tmp_path / 'ddp.pth'
     torch.save({'model': {f'module.{k}': v for k, v in official.items()}}, path)
     loaded = models.load('dav2', path, device='cpu', input_size=28)
-    np.testing.assert_array_equal(loaded.infer(IMAGE), _torch_model(tiny).infer(IMAGE))
+    np.testing.assert_array_equal(loaded.infer(IMAGE), tiny_torch_model(tiny).infer(IMAGE))
 
 
 def test_missing_key_is_listed_with_the_file(tiny: torch.nn.Module, tmp_path: Path) -> None:
@@ -243,7 +229,7 @@ def test_relative_folder_under_a_metric_name_is_refused(
 
 
 def test_metric_model_outputs_metres_below_max_depth(tmp_path: Path) -> None:
-    network = _random_network(da.tiny_config('dav2', metric=True), seed=3)
+    network = random_network(da.tiny_config('dav2', metric=True), seed=3)
     torch.save(da.hf_to_official(network.state_dict()), tmp_path / 'metric.pth')
     model = models.load('dav2-metric', tmp_path / 'metric.pth', device='cpu', input_size=28)
     depth = model.infer(IMAGE[0])
@@ -252,14 +238,15 @@ def test_metric_model_outputs_metres_below_max_depth(tmp_path: Path) -> None:
 
 
 def test_dav1_checkpoint_uses_the_last_four_blocks(tmp_path: Path) -> None:
-    network = _random_network(da.tiny_config('dav1'), seed=4)
+    network = random_network(da.tiny_config('dav1'), seed=4)
     torch.save(da.hf_to_official(network.state_dict()), tmp_path / 'v1.pth')
     model = models.load('dav1', tmp_path / 'v1.pth', device='cpu', input_size=28)
-    np.testing.assert_array_equal(model.infer(IMAGE), _torch_model(network, 'dav1').infer(IMAGE))
+    reference = tiny_torch_model(network, 'dav1').infer(IMAGE)
+    np.testing.assert_array_equal(model.infer(IMAGE), reference)
 
 
 def test_dpt_folder_loads(tmp_path: Path) -> None:
-    network = _random_network(da.tiny_config('dpt'), seed=5)
+    network = random_network(da.tiny_config('dpt'), seed=5)
     network.save_pretrained(tmp_path)
     model = models.load('dpt-large', tmp_path, device='cpu', input_size=64)
     reference = da.TorchDepthModel(network, name='dpt-large', output_kind='relative_disparity',
@@ -291,7 +278,7 @@ def test_network_size_keeps_aspect_with_patch_multiples(
 def test_output_is_at_input_resolution_and_batch_matches_frames(
     tiny: torch.nn.Module,
 ) -> None:
-    model = _torch_model(tiny)
+    model = tiny_torch_model(tiny)
     batch = model.infer(IMAGE)
     assert batch.shape == (2, 48, 64) and batch.dtype == np.float32
     assert model.input_size == (28, 42)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from model_helpers import random_network, tiny_torch_model
 import numpy as np
 import onnx
 import pytest
@@ -25,19 +26,9 @@ RNG = np.random.default_rng(11)
 IMAGES = RNG.integers(0, 256, (3, HEIGHT, WIDTH, 3), np.uint8)
 
 
-def _random_network(config: object, seed: int) -> torch.nn.Module:
-    network = da.build_network(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in network.state_dict().values():
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
-    return network
-
-
 @pytest.fixture(scope='module')
 def torch_model() -> da.TorchDepthModel:
-    return da.TorchDepthModel(_random_network(da.tiny_config('dav2'), 0), name='dav2',
-                              output_kind='relative_disparity', device='cpu', input_size=28)
+    return tiny_torch_model(random_network(da.tiny_config('dav2'), 0))
 
 
 @pytest.fixture(scope='module')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 import re
@@ -87,3 +88,27 @@ def test_installed_ament_index_lets_a_ros_tool_find_the_package(install_prefix: 
         [sys.executable, '-c', code], capture_output=True, text=True, check=True,
         env={**os.environ, 'AMENT_PREFIX_PATH': str(install_prefix)})
     assert Path(result.stdout.strip()) == install_prefix / 'share' / PACKAGE
+
+
+def _console_scripts() -> list[tuple[str, str]]:
+    setup_text = (REPO_ROOT / 'setup.py').read_text()
+    entries = re.findall(r"'([\w-]+) = ([\w.]+):main'", setup_text)
+    assert len(entries) >= 5
+    return entries
+
+
+@pytest.mark.parametrize(('script', 'module'), _console_scripts())
+def test_every_console_script_also_runs_with_python_m(script: str, module: str) -> None:
+    # The lib/endo_depth_ros wrappers and the docs run `python -m <module>`.
+    path = REPO_ROOT / (module.replace('.', '/') + '.py')
+    assert "if __name__ == '__main__':" in path.read_text(), script
+
+
+@pytest.mark.parametrize(('script', 'module'),
+                         [e for e in _console_scripts() if e[0] != 'depth_node'])
+def test_every_cli_shows_help(script: str, module: str,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main(['--help'])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith('usage:'), script

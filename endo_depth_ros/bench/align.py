@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from endo_depth_ros import metrics
-from endo_depth_ros.bench import median_ms, print_table
+from endo_depth_ros.bench import median_ms, parse_sizes, print_table
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import ConfigError, EndoDepthError
 from endo_depth_ros.temporal import AlignmentConfig, TemporalAligner
@@ -42,8 +42,8 @@ MODES: tuple[tuple[str, AlignmentConfig, bool], ...] = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the alignment benchmark."""
-    parser.add_argument('--sizes', default='518x518,256x320',
-                        help='comma-separated HEIGHTxWIDTH sizes (default: %(default)s)')
+    parser.add_argument('--sizes', default='518x518,320x256',
+                        help='comma-separated WIDTHxHEIGHT sizes (default: %(default)s)')
     parser.add_argument('--repeats', type=int, default=50,
                         help='timed pushes per stream measurement (default: %(default)s)')
     parser.add_argument('--model-repeats', type=int, default=3,
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
             f'{args.model_repeats}.')
     rows: list[dict[str, object]] = []
     notes: list[str] = []
-    for height, width in _parse_sizes(args.sizes):
+    for width, height in parse_sizes(args.sizes, min_side=14):
         model_ms = math.nan
         if not args.skip_model:
             model_ms, note = _model_ms(height, width, args.model_repeats)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
         raws, poses, camera = _inputs(height, width)
         for label, config, use_poses in MODES:
             ms = _push_ms(config, raws, poses if use_poses else None, camera, args.repeats)
-            rows.append({'size': f'{height}x{width}', 'mode': label, 'align ms/frame': ms,
+            rows.append({'size': f'{width}x{height}', 'mode': label, 'align ms/frame': ms,
                          'DAv2-S ms': model_ms, 'align / model': ms / model_ms})
     print_table('Temporal alignment per frame on this CPU (median; model in the same run)',
                 rows)
@@ -190,14 +190,3 @@ def _model_ms(height: int, width: int, repeats: int) -> tuple[float, str]:
     rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
     infer: Callable[[], object] = lambda: model.infer(rgb)  # noqa: E731
     return median_ms(infer, repeats=repeats, warmup=1), ''
-
-
-def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``'518x518,256x320'`` -> ``[(518, 518), (256, 320)]`` (height, width)."""
-    sizes = []
-    for item in text.split(','):
-        parts = item.strip().lower().split('x')
-        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 14 for p in parts):
-            raise ConfigError(f'Bad size {item!r}; expected HEIGHTxWIDTH, both >= 14.')
-        sizes.append((int(parts[0]), int(parts[1])))
-    return sizes

@@ -17,7 +17,7 @@ from types import ModuleType
 import numpy as np
 
 from endo_depth_ros import geometry, models
-from endo_depth_ros.bench import median_ms, print_table
+from endo_depth_ros.bench import add_sizes_argument, median_ms, parse_sizes, print_table
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig, make_cloud
@@ -34,8 +34,7 @@ CONFIGS: dict[str, CloudConfig] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the geometry benchmark."""
-    parser.add_argument('--sizes', default='518x518,320x256',
-                        help='comma-separated WIDTHxHEIGHT depth sizes (default: %(default)s)')
+    add_sizes_argument(parser, '518x518,320x256', 'depth sizes')
     parser.add_argument('--repeats', type=int, default=30,
                         help='timed repeats per measurement (default: %(default)s)')
     parser.add_argument('--model', default='photometric',
@@ -44,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Time cloud building, ray computation and PointCloud2 packing; print tables."""
-    sizes = _parse_sizes(args.sizes)
+    sizes = parse_sizes(args.sizes)
     if args.repeats < 1:
         raise ConfigError(f'--repeats must be >= 1, got {args.repeats}.')
     model = _load_model(args.model)
@@ -77,19 +76,6 @@ def run(args: argparse.Namespace) -> None:
         print('\n(rclpy not importable: PointCloud2 packing not timed)')
     else:
         print_table('PointCloud2 packing (cloud_to_pointcloud2)', pack_rows)
-
-
-def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    sizes = []
-    for item in text.split(','):
-        try:
-            width, height = (int(v) for v in item.lower().split('x'))
-        except ValueError:
-            raise ConfigError(f'--sizes: expected WIDTHxHEIGHT, got {item!r}.') from None
-        if width <= 0 or height <= 0:
-            raise ConfigError(f'--sizes: size must be positive, got {item!r}.')
-        sizes.append((width, height))
-    return sizes
 
 
 def _load_model(name: str) -> models.DepthModel | None:

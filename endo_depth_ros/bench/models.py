@@ -1,6 +1,6 @@
 """``endo-depth-bench models``: ms/frame of each depth backend, and the photometric accuracy.
 
-Table 1 times ``DepthModel.infer`` per image size (HEIGHTxWIDTH; the network input
+Table 1 times ``DepthModel.infer`` per image size (WIDTHxHEIGHT; the network input
 is the image size itself, ``input_size = min(H, W)``): the photometric prior,
 Depth Anything V2-S in PyTorch fp32, and the same network exported to ONNX and run
 by onnxruntime (CPU provider here). DAv2-S has random weights (none can be
@@ -24,15 +24,20 @@ import tempfile
 import numpy as np
 
 from endo_depth_ros import models
-from endo_depth_ros.bench import median_ms, print_table
+from endo_depth_ros.bench import (
+    add_sizes_argument,
+    median_ms,
+    parse_sizes,
+    print_table,
+    random_weights_model,
+)
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.models.base import DepthModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the models benchmark."""
-    parser.add_argument('--sizes', default='266x350,518x518',
-                        help='comma-separated HEIGHTxWIDTH image sizes (default: %(default)s)')
+    add_sizes_argument(parser, '350x266,518x518')
     parser.add_argument('--repeats', type=int, default=5,
                         help='timed repeats per network measurement (default: %(default)s)')
     parser.add_argument('--skip-networks', action='store_true',
@@ -44,13 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Print the timing table and the photometric accuracy table."""
-    sizes = parse_sizes(args.sizes)
+    sizes = parse_sizes(args.sizes, min_side=14)
     if args.repeats < 1:
         raise ConfigError(f'--repeats must be >= 1, got {args.repeats}.')
     rows: list[dict[str, object]] = []
     photometric = models.load('photometric')
     rng = np.random.default_rng(0)
-    for height, width in sizes:
+    for width, height in sizes:
         rgb = rng.integers(0, 256, (height, width, 3), np.uint8)
         ms = median_ms(partial(photometric.infer, rgb), repeats=max(30, args.repeats))
         rows.append(_row(photometric, height, width, ms))
@@ -62,27 +67,12 @@ def run(args: argparse.Namespace) -> None:
                     photometric_accuracy(frames=args.accuracy_frames))
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``'266x350,518x518'`` -> ``[(266, 350), (518, 518)]`` (height, width).
-
-    Raises:
-        ConfigError: malformed or non-positive sizes.
-    """
-    sizes = []
-    for item in text.split(','):
-        parts = item.strip().lower().split('x')
-        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 14 for p in parts):
-            raise ConfigError(f'Bad size {item!r}; expected HEIGHTxWIDTH, both >= 14.')
-        sizes.append((int(parts[0]), int(parts[1])))
-    return sizes
-
-
 def _row(model: DepthModel, height: int, width: int, ms: float,
          **extra: object) -> dict[str, object]:
     net_h, net_w = model.network_size(height, width)
     row: dict[str, object] = {
         'model': model.name, 'backend': model.backend, 'precision': model.precision,
-        'image (HxW)': f'{height}x{width}', 'network input': f'{net_h}x{net_w}',
+        'image (WxH)': f'{width}x{height}', 'network input (WxH)': f'{net_w}x{net_h}',
         'ms/frame': ms, 'frames/s': 1000.0 / ms, 'vs torch': '', 'max rel. diff': '',
     }
     row.update(extra)
@@ -91,13 +81,10 @@ def _row(model: DepthModel, height: int, width: int, ms: float,
 
 def _network_rows(rgb: np.ndarray, repeats: int) -> list[dict[str, object]]:
     """DAv2-S (random weights) in torch and onnxruntime at this image's size."""
-    from endo_depth_ros.models.depth_anything import TorchDepthModel, build_network, make_config
     from endo_depth_ros.models.onnx_runtime import OnnxDepthModel, export_onnx
 
     height, width = rgb.shape[:2]
-    network = build_network(make_config('dav2-s'))
-    torch_model = TorchDepthModel(network, name='dav2-s', output_kind='relative_disparity',
-                                  device='cpu', precision='fp32', input_size=min(height, width))
+    torch_model = random_weights_model('dav2-s', min(height, width))
     torch_ms = median_ms(lambda: torch_model.infer(rgb), repeats=repeats, warmup=1)
     reference = torch_model.infer(rgb)
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,12 @@ import random
 import statistics
 import time
 
-from endo_depth_ros.bench import print_table
+from endo_depth_ros.bench import (
+    add_sizes_argument,
+    parse_sizes,
+    print_table,
+    random_weights_model,
+)
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.models import DepthModel, load
 from endo_depth_ros.ros import conversions
@@ -36,8 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the node benchmark."""
     parser.add_argument('--models', default='photometric,dav2-s',
                         help='comma-separated model names (default: %(default)s)')
-    parser.add_argument('--sizes', default='320x256,518x518',
-                        help='comma-separated WIDTHxHEIGHT image sizes (default: %(default)s)')
+    add_sizes_argument(parser, '320x256,518x518')
     parser.add_argument('--frames', type=int, default=8,
                         help='timed frames per model and size (default: %(default)s)')
     parser.add_argument('--warmup', type=int, default=2,
@@ -50,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Time every model x size combination and print one table."""
-    sizes = _parse_sizes(args.sizes)
+    sizes = parse_sizes(args.sizes, min_side=16)
     if args.frames < 1 or args.warmup < 0:
         raise ConfigError(f'--frames must be >= 1 and --warmup >= 0, got {args.frames}, '
                           f'{args.warmup}.')
@@ -93,7 +97,7 @@ def _measure(model: DepthModel, width: int, height: int, args: argparse.Namespac
     pipeline = med['model'] + med['odometry'] + med['alignment'] + med['geometry']
     ros_overhead = med['total'] - pipeline
     row: dict[str, object] = {'model': model.name, 'size': f'{width}x{height}',
-                              'net input': 'x'.join(map(str, model.input_size))}
+                              'net input (WxH)': '{1}x{0}'.format(*model.input_size)}
     row.update({f'{stage} ms': med[stage] for stage in STAGE_COLUMNS})
     row['total ms'] = med['total']
     row['ROS overhead / model'] = f'{100 * ros_overhead / med["model"]:.1f}%'
@@ -104,26 +108,4 @@ def _measure(model: DepthModel, width: int, height: int, args: argparse.Namespac
 def _build_model(name: str, input_size: int) -> DepthModel:
     if name == 'photometric':
         return load('photometric')
-    # Random weights: the timing of a network does not depend on its weights.
-    from endo_depth_ros.models.depth_anything import (
-        TorchDepthModel,
-        build_network,
-        make_config,
-        parse_name,
-    )
-    network = build_network(make_config(name))
-    return TorchDepthModel(network, name=name, output_kind=parse_name(name).output_kind,
-                           device='cpu', precision='fp32', input_size=input_size)
-
-
-def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    sizes = []
-    for item in text.split(','):
-        try:
-            width, height = (int(v) for v in item.lower().split('x'))
-        except ValueError:
-            raise ConfigError(f'Bad size {item!r}; expected WIDTHxHEIGHT, e.g. 320x256.') from None
-        if width < 16 or height < 16:
-            raise ConfigError(f'Size {item!r} is too small (16x16 at least).')
-        sizes.append((width, height))
-    return sizes
+    return random_weights_model(name, input_size)

@@ -18,15 +18,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import itertools
-import os
 import statistics
 import sys
 import time
 
-import cv2
 import numpy as np
 
-from endo_depth_ros.bench import print_table
+from endo_depth_ros.bench import (
+    add_sizes_argument,
+    parse_size,
+    parse_sizes,
+    print_table,
+    single_core,
+)
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.metrics import (
     absolute_trajectory_error,
@@ -39,8 +43,7 @@ from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the odometry benchmark."""
-    parser.add_argument('--sizes', default='320x256,640x512',
-                        help='comma-separated WIDTHxHEIGHT sizes timed (default: %(default)s)')
+    add_sizes_argument(parser, '320x256,640x512', 'image sizes timed')
     parser.add_argument('--speed-frames', type=int, default=60,
                         help='frames timed per size (default: %(default)s)')
     parser.add_argument('--frames', type=int, default=300,
@@ -59,16 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Render the sequences, run the odometry, print the three tables."""
-    sizes = [_parse_size(s) for s in args.sizes.split(',') if s.strip()]
-    accuracy_size = _parse_size(args.accuracy_size)
+    sizes = parse_sizes(args.sizes)
+    accuracy_size = parse_size(args.accuracy_size)
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
     for method in methods:
         OdometryConfig(method=method)  # validates the name
     if args.speed_frames < 2 or args.frames < 2:
         raise ConfigError(
             f'--speed-frames and --frames must be >= 2, got {args.speed_frames}, {args.frames}.')
-    cores = _single_core()
+    with single_core() as cores:
+        _print_tables(args, sizes, accuracy_size, methods, cores)
 
+
+def _print_tables(args: argparse.Namespace, sizes: list[tuple[int, int]],
+                  accuracy_size: tuple[int, int], methods: list[str], cores: str) -> None:
     accuracy = _render(accuracy_size, args.frames, args.seed)
     speed_rows = []
     for size in sizes:
@@ -168,25 +175,5 @@ def _render(size: tuple[int, int], frames: int, seed: int) -> list[SynthFrame]:
     return list(render_sequence(config))
 
 
-def _single_core() -> str:
-    """Run OpenCV on one thread and, where possible, the whole process on one CPU."""
-    cv2.setNumThreads(1)
-    if hasattr(os, 'sched_setaffinity'):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f'1 thread, pinned to CPU {cpu}'
-    return '1 OpenCV thread'
-
-
 def _path_length(poses: list[np.ndarray]) -> float:
     return float(sum(np.linalg.norm(b[:3, 3] - a[:3, 3]) for a, b in itertools.pairwise(poses)))
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().strip().split('x'))
-    except ValueError:
-        raise ConfigError(f'Image size must be WIDTHxHEIGHT, got {text!r}.') from None
-    if width <= 0 or height <= 0:
-        raise ConfigError(f'Image size must be positive, got {text!r}.')
-    return width, height

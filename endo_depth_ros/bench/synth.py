@@ -9,68 +9,35 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 from pathlib import Path
 import tempfile
 import time
 
-import cv2
-
 from endo_depth_ros import bags
-from endo_depth_ros.bench import median_ms, print_table
+from endo_depth_ros.bench import (
+    add_sizes_argument,
+    median_ms,
+    parse_sizes,
+    print_table,
+    single_core,
+)
 from endo_depth_ros.synth import Scene, SynthConfig, render_sequence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the synth benchmark."""
-    parser.add_argument('--sizes', default='320x256,640x512',
-                        help='comma-separated WxH image sizes (default 320x256,640x512)')
+    add_sizes_argument(parser, '320x256,640x512')
     parser.add_argument('--repeats', type=int, default=15,
                         help='timed frames per row (default 15)')
     parser.add_argument('--seed', type=int, default=0, help='scene seed (default 0)')
 
 
-def _single_core() -> tuple[str, set[int] | None]:
-    """Pin this process to one CPU and OpenCV to one thread.
-
-    Returns:
-        A description and the previous CPU set (to restore), None when not pinned.
-    """
-    cv2.setNumThreads(1)
-    if hasattr(os, 'sched_getaffinity') and hasattr(os, 'sched_setaffinity'):
-        previous = os.sched_getaffinity(0)
-        cpu = min(previous)
-        os.sched_setaffinity(0, {cpu})
-        return f'pinned to CPU {cpu}, OpenCV 1 thread', previous
-    return 'OpenCV 1 thread (no CPU pinning on this OS)', None
-
-
-def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    from endo_depth_ros.errors import ConfigError
-
-    sizes = []
-    for item in text.split(','):
-        try:
-            w, h = (int(v) for v in item.lower().split('x'))
-        except ValueError:
-            raise ConfigError(
-                f'Bad size {item!r} in --sizes; expected WxH, e.g. 320x256.') from None
-        sizes.append((w, h))
-    return sizes
-
-
 def run(args: argparse.Namespace) -> None:
     """Time rendering and bag I/O; print two tables."""
-    sizes = _parse_sizes(args.sizes)
-    how, previous = _single_core()
-    threads = cv2.getNumThreads()
-    try:
+    sizes = parse_sizes(args.sizes)
+    with single_core() as how:
         _render_table(sizes, args.repeats, args.seed, how)
         _io_table(sizes[0], args.seed)
-    finally:
-        cv2.setNumThreads(threads)
-        if previous is not None:
-            os.sched_setaffinity(0, previous)
 
 
 def _time_scene(config: SynthConfig, repeats: int) -> tuple[float, float, float]:

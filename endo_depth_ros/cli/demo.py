@@ -76,11 +76,7 @@ def run(args: argparse.Namespace) -> int:
         'mode': 'offline' if args.offline else 'live', 'frames': args.frames,
         'size': f'{args.width}x{args.height}'})
     print()
-    print(report.markdown_table(results))
-    live = [r for r in results if r.mode == 'live']
-    if live:
-        print()
-        print(report.live_table(live))
+    print(report.results_tables(results))
     print(f'\nDone in {time.perf_counter() - start:.0f} s. Report: {path.resolve()}')
     print(f'Figures and results.json are next to it in {path.parent.resolve()}/')
     return 0

@@ -156,11 +156,7 @@ def run(args: argparse.Namespace) -> int:
         results = evaluation.evaluate(args.bags, config, progress=progress,
                                       write_bag=args.write_bag)
     path = report.write_report(results, args.out, settings=settings)
-    print(report.markdown_table(results))
-    live = [r for r in results if r.mode == 'live']
-    if live:
-        print()
-        print(report.live_table(live))
+    print(report.results_tables(results))
     print(f'\nreport: {path}')
     return 0
 

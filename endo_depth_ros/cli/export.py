@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+import sys
 
 import numpy as np
 
@@ -84,3 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         error = float(np.abs(exported - reference).max()) / scale
         print(f'{PROG}: onnxruntime vs torch max relative difference {error:.2e}')
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

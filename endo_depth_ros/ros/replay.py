@@ -26,24 +26,15 @@ from dataclasses import dataclass, field
 import os
 from pathlib import Path
 import random
-import signal
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from typing import Any
 
 from geometry_msgs.msg import PoseStamped
 import numpy as np
-import rclpy
-from rclpy.context import Context
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -57,9 +48,12 @@ from endo_depth_ros.evaluation import (
     Progress,
     ProgressFactory,
     RunResult,
+    progress_bar,
     score_records,
 )
 from endo_depth_ros.ros import conversions
+from endo_depth_ros.ros.process import NodeProcess
+from endo_depth_ros.ros.spinning import MatchCounter, SpinningNode
 
 #: How long the node may take to start and match our topics (s).
 STARTUP_TIMEOUT_S = 120.0
@@ -149,15 +143,10 @@ def evaluate_live(
                 raise BagError(f'{path}: no frames to replay in the selected range.')
             messages, compressed = _messages(path, topics, frames)
             for align in config.align_modes:
-                bar = None
-                if progress is not None:
-                    bar = progress(f'{Path(path).name} {spec.label}/{align} (live)', len(frames))
-                try:
+                with progress_bar(progress, f'{Path(path).name} {spec.label}/{align} (live)',
+                                  len(frames)) as bar:
                     results.append(_replay_run(path, topics, frames, messages, compressed, spec,
                                                align, config, rate, node_params, bar))
-                finally:
-                    if bar is not None:
-                        bar.close()
     return results
 
 
@@ -182,7 +171,7 @@ def _replay_run(
                                 node_params)
     capture = _Capture()
     published_s: dict[int, float] = {}
-    with _NodeProcess(node_args) as node_proc, _Replayer(
+    with NodeProcess(node_args, name='The depth node') as node_proc, _Replayer(
             image_topic, info_topic, compressed, capture) as replayer:
         replayer.wait_ready(node_proc, STARTUP_TIMEOUT_S)
         t0_log = messages[0].log_time_ns
@@ -236,7 +225,7 @@ def _rate(times: list[float]) -> float | None:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def _drain(capture: _Capture, published_s: dict[int, float], node_proc: _NodeProcess,
+def _drain(capture: _Capture, published_s: dict[int, float], node_proc: NodeProcess,
            end_publish: float) -> None:
     """Wait for the outputs of the last inputs: until all arrived or the node went quiet."""
     while True:
@@ -357,69 +346,44 @@ def _header_stamp_ns(cdr: bytes) -> int:
 # --------------------------------------------------------------------------- ROS side
 
 
-class _Replayer:
+class _Replayer(SpinningNode):
     """In-process rclpy node publishing the bag and /clock and recording the outputs."""
 
     def __init__(self, image_topic: str, info_topic: str, compressed: bool,
                  capture: _Capture) -> None:
+        super().__init__('endo_depth_replay')
         self.capture = capture
-        self.context = Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = Node('endo_depth_replay', context=self.context)
-        self._matched = threading.Condition()
-        self._counts = {'image': 0, 'camera_info': 0, 'depth': 0}
+        self._matched = MatchCounter()
         qos_in = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
                             reliability=ReliabilityPolicy.RELIABLE)
         self._pubs = {
             'image': self.node.create_publisher(
                 CompressedImage if compressed else Image, image_topic, qos_in,
-                event_callbacks=PublisherEventCallbacks(
-                    matched=lambda info: self._on_matched('image', info))),
+                event_callbacks=PublisherEventCallbacks(matched=self._matched.callback('image'))),
             'camera_info': self.node.create_publisher(
                 CameraInfo, info_topic, qos_in,
                 event_callbacks=PublisherEventCallbacks(
-                    matched=lambda info: self._on_matched('camera_info', info))),
+                    matched=self._matched.callback('camera_info'))),
         }
         self._clock_pub = self.node.create_publisher(Clock, '/clock', 10)
         qos_out = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(
             Image, '/depth/image', self._on_depth, qos_out,
-            event_callbacks=SubscriptionEventCallbacks(
-                matched=lambda info: self._on_matched('depth', info)))
+            event_callbacks=SubscriptionEventCallbacks(matched=self._matched.callback('depth')))
         self.node.create_subscription(PoseStamped, '/pose', self._on_pose, qos_out)
         self.node.create_subscription(PointCloud2, '/depth/points', self._on_points, qos_out)
         self._clock_lock = threading.Lock()
         self._clock_origin: tuple[int, float, float] | None = None
         self._last_clock_ns = 0
         self._timer = self.node.create_timer(1.0 / CLOCK_HZ, self._tick_clock)
-        self._executor = SingleThreadedExecutor(context=self.context)
-        self._executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
 
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self._executor.spin_once(timeout_sec=0.05)
-
-    def _on_matched(self, key: str, info: Any) -> None:
-        with self._matched:
-            self._counts[key] = info.current_count
-            self._matched.notify_all()
-
-    def wait_ready(self, node_proc: _NodeProcess, timeout: float) -> None:
+    def wait_ready(self, node_proc: NodeProcess, timeout: float) -> None:
         """Wait until the node subscribed to our inputs and publishes depth."""
-        deadline = time.monotonic() + timeout
-        with self._matched:
-            while not all(v > 0 for v in self._counts.values()):
-                node_proc.check_alive()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise EndoDepthError(
-                        f'The depth node did not connect within {timeout:.0f} s '
-                        f'(matched: {self._counts}); {node_proc.last_log_line()}')
-                self._matched.wait(min(remaining, 0.2))
+        if not self._matched.wait(1, timeout, check=node_proc.check_alive):
+            raise EndoDepthError(
+                f'The depth node did not connect within {timeout:.0f} s '
+                f'(matched: {self._matched.counts}); {node_proc.last_log_line()}')
 
     def _on_depth(self, msg: Image) -> None:
         now = time.monotonic()
@@ -469,65 +433,3 @@ class _Replayer:
         self.publish_clock(msg.log_time_ns)
         self._pubs[msg.kind].publish(msg.payload)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        self._executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
-
-    def __enter__(self) -> _Replayer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _NodeProcess:
-    """The depth node in its own process; logs go to a temporary file."""
-
-    def __init__(self, args: Sequence[str]) -> None:
-        self._log = tempfile.TemporaryFile(mode='w+b')  # noqa: SIM115 (closed in __exit__)
-        env = dict(os.environ)
-        env['PYTHONUNBUFFERED'] = '1'
-        # The node must import this very package, also when it is not installed.
-        root = str(Path(__file__).resolve().parents[2])
-        env['PYTHONPATH'] = os.pathsep.join(filter(None, [root, env.get('PYTHONPATH')]))
-        self.process = subprocess.Popen(
-            [sys.executable, *args], env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
-
-    def check_alive(self) -> None:
-        """Raise with the node's last log line if it exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise EndoDepthError(
-                f'The depth node exited with code {code}: {self.last_log_line()}')
-
-    def last_log_line(self) -> str:
-        self._log.seek(0)
-        lines = [ln for ln in self._log.read().decode(errors='replace').splitlines()
-                 if ln.strip()]
-        return lines[-1].strip() if lines else '(no output)'
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGINT (as Ctrl-C), then kill after ``timeout`` s."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> _NodeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        self._log.close()
-
-
-def _default_sigint() -> None:
-    # A child of a backgrounded shell inherits SIGINT ignored; restore it so stop() works.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
