@@ -31,7 +31,7 @@ import numpy as np
 
 from endo_depth_ros import bags, metrics, models
 from endo_depth_ros.camera import Intrinsics
-from endo_depth_ros.errors import BadInputError, ConfigError, ModelLoadError
+from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
 
@@ -317,7 +317,7 @@ def evaluate(
         One ``RunResult`` per combination, in model, bag, mode order.
 
     Raises:
-        BagError: missing/corrupt bag or no image topic.
+        BagError: missing/corrupt bag, no image topic or no frame in the selected range.
         ModelLoadError: unknown model or bad checkpoint.
         BadInputError: e.g. ground-truth depth and image sizes differ.
     """
@@ -396,6 +396,10 @@ def evaluate_run(
             progress.update(1)
     collect(pipeline.flush())
     wall_s = time.perf_counter() - start_wall
+    if not pending and not records:
+        # Same rule as the live replay: an empty selection is a mistake, not a result.
+        raise BagError(f'{path}: no frames in the selected range (start={config.start}, '
+                       f'frames={config.frames}, stride={config.stride}).')
     # Frames still pending produced no output (cannot happen offline, kept for safety).
     records.extend(pending.values())
     records.sort(key=lambda r: r.index)

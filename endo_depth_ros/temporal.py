@@ -33,9 +33,12 @@ Modes (``AlignmentConfig.mode``):
     the current frame becomes a keyframe, replacing the one that overlaps least;
     keyframes below the threshold are left out of the fits until the view returns to
     them. Pixels that no reference explains (outliers) are not used as references later.
-    Optionally the output is blended with the previous output (``blend``, reprojected
-    when poses are known), an exponential filter that trades residual jitter for lag;
-    the buffer keeps the unfiltered frames as references.
+    The output is fused with the previous output (``blend``, 0 disables): the previous
+    fused output is warped into the new view with the poses (in place without them) and
+    mixed in with weight ``blend`` where it agrees within ``blend_tolerance`` (relative),
+    which averages per-frame noise out without ghosting; the buffer keeps the unfused
+    frames as references. The same output fusion applies to ``window`` mode's output;
+    not with ``scale_source='model'`` (a trusted metric model keeps its depth).
 ``window``
     The offline procedure of Video Depth Anything / EndoDAV, for bags and video models.
     Windows of ``W = window`` frames: ``T = window_keyframes`` keyframes (already aligned,
@@ -138,6 +141,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 import math
 
+import cv2
 import numpy as np
 
 from endo_depth_ros.camera import Intrinsics
@@ -215,8 +219,11 @@ class AlignmentConfig:
         huber_k: huber: threshold in robust standard deviations of the residuals.
         robust_iterations: most passes of the outlier-rejecting loop (it stops earlier
             once converged).
-        blend: stream mode: weight of the previous output mixed into each new one (0:
-            off; an output-only exponential filter, it adds lag).
+        blend: weight of the pose-warped previous output mixed into each new one
+            (0: off; output only, see the module docstring).
+        blend_tolerance: relative disparity difference above which a pixel keeps its new
+            value (occlusions, instruments, misregistration).
+        hold_shift: stable models: keep the first frame's shift and follow the scale only.
         stable_gain: stable models: fraction of a fit's change of the aligned median
             and spread that is applied (1: follow every fit; see "Parameter prior").
         unposed_gain: the same when the references were not reprojected with poses
@@ -251,7 +258,9 @@ class AlignmentConfig:
     trim_fraction: float = 0.25
     huber_k: float = 1.345
     robust_iterations: int = 6
-    blend: float = 0.0
+    blend: float = 0.7
+    blend_tolerance: float = 0.2
+    hold_shift: bool = True
     stable_gain: float = 0.3
     unposed_gain: float = 0.05
     anchor_pull: float = 0.02
@@ -280,6 +289,8 @@ class AlignmentConfig:
         _number('trim_fraction', self.trim_fraction, 0.0, 0.9)
         _number('huber_k', self.huber_k, 0.0, math.inf, low_open=True, high_open=True)
         _number('blend', self.blend, 0.0, 1.0, high_open=True)
+        _number('blend_tolerance', self.blend_tolerance, 0.0, math.inf, low_open=True,
+                high_open=True)
         _number('stable_gain', self.stable_gain, 0.0, 1.0, low_open=True)
         _number('unposed_gain', self.unposed_gain, 0.0, 1.0, low_open=True)
         _number('anchor_pull', self.anchor_pull, 0.0, 1.0, high_open=True)
@@ -802,6 +813,22 @@ class TemporalAligner:
             return []
         return self._window_flush()
 
+    def preview(self, raw: np.ndarray, *,
+                output_kind: str = 'relative_disparity') -> np.ndarray:
+        """Depth (H, W) float32 of ``raw`` under the last good scale and shift (no fit).
+
+        Nothing is stored. Before any scale is known, the first-frame policy of
+        ``scale_source`` is applied to ``raw`` alone (all-NaN when it has no usable pixel).
+        """
+        disparity = to_disparity(np.asarray(raw), output_kind)
+        if self._last_good is not None and self._key == (disparity.shape, output_kind):
+            scale, shift = self._last_good
+        else:
+            height, width = disparity.shape[:2]
+            grid = _Grid.for_size(height, width, self.config.max_fit_pixels)
+            scale, shift, _ = self._initial_params(grid.sample(disparity))
+        return disparity_to_depth(_apply(disparity, scale, shift))
+
     def reset(self) -> None:
         """Forget the stream (buffers, keyframes, scale); frame indices restart at 0."""
         self._clear()
@@ -827,8 +854,7 @@ class TemporalAligner:
         self._anchor_params: tuple[float, float] | None = None  # the first frame's
         self._change_ms = math.inf  # running mean square of the fits' changes
         self._changes = 0  # changes measured so far
-        self._blended = np.zeros((0, 0), np.float32)  # last output (stream blend)
-        self._blended_pose: np.ndarray | None = None
+        self._fusion = _Fusion(self.config.blend, self.config.blend_tolerance)
         self._kf_grid = np.zeros(0, np.float32)
         self._kf_pose = np.zeros(0)
         self._kf_has_pose = np.zeros(0, bool)
@@ -1132,6 +1158,12 @@ class TemporalAligner:
         centre = math.exp(float(step[0]))
         if not with_shift:
             return centre / median, 0.0
+        held = previous[1] if self._anchor_params is None else self._anchor_params[1]
+        if cfg.hold_shift and centre - held > 0:
+            # Only the scale follows, the shift stays the first frame's: a stable model's
+            # shift is its own, and refitting it every frame bends the depth's shape with
+            # every fit's error.
+            return (centre - held) / median, held
         scale = math.exp(float(step[1])) / spread
         return scale, centre - scale * median
 
@@ -1163,8 +1195,15 @@ class TemporalAligner:
         ring.reason[slot] = reason
 
     def _emit(self, index: int, stamp_ns: int, aligned: np.ndarray, scale: float, shift: float,
-              reason: str) -> AlignedFrame:
+              reason: str, pose: np.ndarray | None = None, *, mix: bool = False,
+              ) -> AlignedFrame:
         self._stats.emitted += 1
+        # A trusted metric model (scale_source='model') keeps its per-pixel depth.
+        if (self.config.blend > 0 and self.config.mode != 'none'
+                and self.config.scale_source != 'model'):
+            camera = self._reprojection_camera()
+            aligned = self._fusion.apply(aligned, pose if camera is not None else None,
+                                         camera, mix)
         if reason:
             self._stats.fallbacks += 1
         return AlignedFrame(index=index, stamp_ns=stamp_ns, depth=disparity_to_depth(aligned),
@@ -1229,9 +1268,8 @@ class TemporalAligner:
             if anchor:
                 self._kf_pos[:] = -1
             self._add_keyframe(slot, pos)
-        if cfg.blend > 0:
-            aligned = self._blend(aligned, inp, good and pos > 0)
-        return self._emit(index, inp.stamp_ns, aligned, scale, shift, reason)
+        return self._emit(index, inp.stamp_ns, aligned, scale, shift, reason, inp.pose,
+                          mix=good and pos > 0)
 
     def _stream_references(self, inp: _Input, pos: int) -> tuple[list[_Ref], list[int]]:
         """Previous good frames, then every keyframe (weight 0 while its overlap is low).
@@ -1291,25 +1329,6 @@ class TemporalAligner:
         self._kf_pos[k] = pos
         self._kf_overlap[k] = 1.0
         self._stats.keyframes_added += 1
-
-    def _blend(self, aligned: np.ndarray, inp: _Input, mix: bool) -> np.ndarray:
-        """Output-only exponential filter: mix the previous output into ``aligned``.
-
-        The previous output is reprojected into this view when both poses are known. The
-        buffer keeps the unfiltered frames as references: a filtered reference is less
-        noisy than a new frame, which would bias the symmetric fit.
-        """
-        previous = self._blended
-        if mix and previous.shape == aligned.shape:
-            camera = self._reprojection_camera()
-            if camera is not None and inp.pose is not None and self._blended_pose is not None:
-                T_new_prev = np.linalg.inv(inp.pose) @ self._blended_pose
-                previous = disparity_to_depth(reproject_depth(
-                    disparity_to_depth(previous), camera, T_new_prev))
-            aligned = _mix(previous, aligned, 1.0 - self.config.blend)
-        self._blended = aligned.copy()  # the caller owns the returned array
-        self._blended_pose = inp.pose
-        return aligned
 
     # ------------------------------------------------------------------ mode window
 
@@ -1465,9 +1484,109 @@ class TemporalAligner:
             reason = str(ring.reason[slot]) if ring.fallback[slot] else ''
             out.append(self._emit(int(ring.index[slot]), int(ring.stamp[slot]),
                                   ring.aligned[slot].copy(), float(ring.scale[slot]),
-                                  float(ring.shift[slot]), reason))
+                                  float(ring.shift[slot]), reason,
+                                  ring.pose[slot].copy() if ring.has_pose[slot] else None,
+                                  mix=not reason and p > 0))
         self._emit_next = max(self._emit_next, end)
         return out
+
+
+#: Temporal fusion: the warp into the previous view is computed on a grid of about this
+#: many pixels and interpolated (it is smooth; the per-pixel work is then a lookup).
+FUSION_GRID_PIXELS = 4096
+
+
+class _Fusion:
+    """Pose-warped temporal fusion of the output (``AlignmentConfig.blend``).
+
+    The previous fused output is looked up where each pixel of the new frame was seen
+    in the previous view (backward warp with the poses: the new frame's depth gives the
+    point, the previous view's pixel comes from projecting it), its depth moved into the
+    new view, and mixed in with weight ``blend`` where both agree within ``tolerance``
+    (relative disparity difference): a recursive filter that averages out per-frame noise
+    without ghosting at occlusions, moving instruments or misregistered pixels, which keep
+    the new value. Without poses the previous output is used in place (no motion).
+    """
+
+    def __init__(self, weight: float, tolerance: float) -> None:
+        self.weight = weight
+        self.tolerance = tolerance
+        self._previous = np.zeros((0, 0), np.float32)
+        self._pose: np.ndarray | None = None
+        self._grid_key: tuple[Intrinsics, tuple[int, int]] | None = None
+        self._grid_rows = np.zeros(0, np.intp)
+        self._grid_cols = np.zeros(0, np.intp)
+        self._grid_u = np.zeros((0, 0), np.float32)
+        self._grid_v = np.zeros((0, 0), np.float32)
+
+    def apply(self, aligned: np.ndarray, pose: np.ndarray | None,
+              camera: Intrinsics | None, mix: bool) -> np.ndarray:
+        """Fuse ``aligned`` (H, W) disparity with the previous output; returns a new array."""
+        previous, previous_pose = self._previous, self._pose
+        out = aligned
+        if mix and previous.shape == aligned.shape:
+            if pose is not None and previous_pose is not None and camera is not None:
+                warped = self._warp(aligned, previous, np.linalg.inv(previous_pose) @ pose,
+                                    camera)
+            else:
+                warped = previous
+            with np.errstate(invalid='ignore'):
+                agree = np.abs(warped - aligned) <= np.float32(self.tolerance) * aligned
+            w = np.float32(self.weight)
+            out = np.where(agree, aligned + w * (warped - aligned), aligned)
+        else:
+            out = aligned.copy()  # the caller owns the returned array
+        self._previous = out.copy() if out is aligned else out
+        self._pose = None if pose is None else pose.copy()
+        return out
+
+    def _warp(self, aligned: np.ndarray, previous: np.ndarray, T_prev_new: np.ndarray,
+              camera: Intrinsics) -> np.ndarray:
+        """The previous disparity seen from the new view, at each new pixel, NaN unknown."""
+        height, width = aligned.shape
+        self._set_grid(camera, (height, width))
+        # Depth of the new frame at the grid points (holes filled: the warp is smooth).
+        depth = disparity_to_depth(aligned[self._grid_rows[:, None], self._grid_cols[None, :]])
+        finite = np.isfinite(depth)
+        if not finite.any():
+            return np.full_like(aligned, np.nan)
+        depth[~finite] = np.median(depth[finite])
+        fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+        R, t = T_prev_new[:3, :3], T_prev_new[:3, 3]
+        ray_x = (self._grid_u - cx) / fx
+        ray_y = (self._grid_v - cy) / fy
+        point = [(R[r, 0] * ray_x + R[r, 1] * ray_y + R[r, 2]) * depth + t[r] for r in range(3)]
+        with np.errstate(divide='ignore', invalid='ignore'):
+            u = fx * point[0] / point[2] + cx
+            v = fy * point[1] / point[2] + cy
+        # A previous point seen at (u, v) with disparity q lies at z_new = a / q + b in the
+        # new view, a = R_new_prev[2] . ray(u, v), b = t_new_prev[2]: a is smooth too.
+        T_new_prev = np.linalg.inv(T_prev_new)
+        r3, b = T_new_prev[2, :3], np.float32(T_new_prev[2, 3])
+        a = r3[0] * (u - cx) / fx + r3[1] * (v - cy) / fy + r3[2]
+        grid = np.stack([u, v, a], axis=-1).astype(np.float32)
+        grid[~np.isfinite(grid)] = -1e6  # lands outside: no lookup
+        full = cv2.resize(grid, (width, height), interpolation=cv2.INTER_LINEAR)
+        seen = cv2.remap(previous, full[..., 0], full[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=math.nan)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            warped = seen / (full[..., 2] + b * seen)
+        return warped
+
+    def _set_grid(self, camera: Intrinsics, shape: tuple[int, int]) -> None:
+        """Grid points whose bilinear upsampling (cv2.resize) lands on every pixel."""
+        if self._grid_key == (camera, shape):
+            return
+        height, width = shape
+        step = max(1.0, math.sqrt(height * width / FUSION_GRID_PIXELS))
+        h, w = max(2, round(height / step)), max(2, round(width / step))
+        # cv2.resize maps small pixel j to full coordinate (j + 0.5) * W / w - 0.5.
+        v = (np.arange(h) + 0.5) * height / h - 0.5
+        u = (np.arange(w) + 0.5) * width / w - 0.5
+        self._grid_rows = np.clip(np.rint(v), 0, height - 1).astype(np.intp)
+        self._grid_cols = np.clip(np.rint(u), 0, width - 1).astype(np.intp)
+        self._grid_u, self._grid_v = (a.astype(np.float32) for a in np.meshgrid(u, v))
+        self._grid_key = (camera, shape)
 
 
 def _frame(disparity: np.ndarray, mask: np.ndarray | None, pose: np.ndarray | None,

@@ -136,3 +136,19 @@ def test_write_bag_stores_the_node_topics_for_viewing(bag, tmp_path):
     frames = list(bags.read_frames(out_bag, bags.detect_topics(out_bag, depth='/depth/image')))
     gt = [f.depth_gt for f in bags.read_frames(bag)]
     np.testing.assert_allclose(frames[0].depth_gt, gt[0], rtol=1e-5)
+
+
+def test_empty_frame_selection_exits_2_with_one_line(bag, tmp_path, capsys):
+    out = tmp_path / 'o'
+    assert eval_cli.main([str(bag), '--start', '100', '--out', str(out), '--no-progress']) == 2
+    assert 'no frames in the selected range' in _one_error_line(capsys)
+    assert not (out / 'report.md').exists()
+
+
+def test_unwritable_out_dir_fails_before_evaluating(bag, tmp_path, capsys):
+    blocker = tmp_path / 'file.txt'
+    blocker.write_text('not a folder')
+    code = eval_cli.main([str(bag), '--out', str(blocker / 'out')])  # progress bars on
+    assert code == 2
+    # One line and no progress bar: the evaluation never started.
+    assert 'file.txt' in _one_error_line(capsys)

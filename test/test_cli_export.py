@@ -58,3 +58,15 @@ def test_missing_size_is_a_usage_error(checkpoint: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(['dav2', '--checkpoint', str(checkpoint), '--out', 'x.onnx'])
     assert info.value.code == 2
+
+
+def test_input_size_below_one_patch_is_a_one_line_error(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(['dav2', '--checkpoint', str(checkpoint), '--height', '48', '--width', '64',
+                 '--input-size', '3', '--out', str(tmp_path / 'x.onnx')])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == ('endo-depth-export: error: --input-size must be at least 14 '
+                   '(one ViT patch), got 3.')
+    assert not (tmp_path / 'x.onnx').exists()

@@ -138,3 +138,16 @@ def test_cli_unwritable_output_exits_2_with_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith('endo-depth-synth: error: ') and len(err.splitlines()) == 1
     assert 'file.txt' in err
+
+
+def test_cli_unwritable_contact_sheet_fails_before_rendering(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / 'file.txt'
+    blocker.write_text('not a folder')
+    out = tmp_path / 'b'
+    code = main([str(out), '--frames', '1', *SIZE, '--quiet',
+                 '--contact-sheet', str(blocker / 'sheet.png')])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith('endo-depth-synth: error: ') and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -1,8 +1,9 @@
 """``endo-depth-bench align``: temporal alignment cost against the model, and its effect.
 
 Table 1 times ``TemporalAligner.push`` per frame for each image size and mode: ``none``
-(passthrough), ``stream`` without and with poses (references reprojected), ``stream``
-with the output blend, and ``window`` (the cost of a window spread over its frames).
+(passthrough), ``stream`` without and with poses (references reprojected, output fused
+with the pose-warped previous one: ``blend``, on by default), ``stream`` without the
+fusion, and ``window`` (the cost of a window spread over its frames).
 The inputs are synthetic relative disparities (a smooth scene with 5 % noise and a random
 scale and shift per frame). The model column is Depth Anything V2-S (PyTorch, fp32,
 random weights: none can be downloaded, timing does not depend on them) run in the same
@@ -13,6 +14,10 @@ Table 2 shows what the alignment buys on the synthetic endoscope video
 10 % outliers and a random scale and shift per frame; TAE (Video Depth Anything's
 temporal alignment error, ×100, outliers not scored) of the passthrough versus each mode,
 and the drift of the global scale (median aligned / true depth) from the first frame.
+
+Table 3 runs the full ``Pipeline`` (model -> odometry -> alignment, poses from odometry
+on the aligned depth) on a rendered flight with the photometric model and a flickering
+model (true disparity, 5 % noise, random scale and shift per frame): TAE per mode.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from endo_depth_ros import metrics
 from endo_depth_ros.bench import median_ms, parse_sizes, print_table
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import ConfigError, EndoDepthError
+from endo_depth_ros.models.base import DepthModel
 from endo_depth_ros.temporal import AlignmentConfig, TemporalAligner
 
 #: Timed configurations: (label, config, use poses).
@@ -35,7 +41,8 @@ MODES: tuple[tuple[str, AlignmentConfig, bool], ...] = (
     ('none', AlignmentConfig(mode='none'), False),
     ('stream', AlignmentConfig(mode='stream'), False),
     ('stream + poses', AlignmentConfig(mode='stream'), True),
-    ('stream + blend 0.5', AlignmentConfig(mode='stream', blend=0.5), False),
+    ('stream, no fusion', AlignmentConfig(mode='stream', blend=0.0), False),
+    ('stream + poses, no fusion', AlignmentConfig(mode='stream', blend=0.0), True),
     ('window (per frame)', AlignmentConfig(mode='window'), False),
 )
 
@@ -82,6 +89,83 @@ def run(args: argparse.Namespace) -> None:
         print_table(f'Effect on the synthetic video ({args.quality_frames} frames, 96x80, '
                     '5 % noise, 10 % outliers, random scale/shift per frame)',
                     quality_rows(args.quality_frames))
+        print_table(f'Full pipeline on the synthetic video ({args.quality_frames} frames, '
+                    '160x128, poses from odometry): TAE x100',
+                    pipeline_rows(args.quality_frames))
+
+
+def pipeline_rows(frames: int, seed: int = 2) -> list[dict[str, object]]:
+    """TAE of none / stream / window through the full pipeline, per model.
+
+    Returns:
+        One row per model (``photometric`` and ``flicker``) with the TAE of each mode
+        (one sequence median scale, true poses) and stream / none.
+    """
+    from endo_depth_ros import models
+    from endo_depth_ros.pipeline import Pipeline, PipelineConfig
+    from endo_depth_ros.synth import SynthConfig, render_sequence
+
+    video = list(render_sequence(SynthConfig(width=160, height=128, frames=frames,
+                                             seed=seed)))
+    truth = [f.depth for f in video]
+    rows: list[dict[str, object]] = []
+    for label in ('photometric', 'flicker'):
+        row: dict[str, object] = {'model': label}
+        for mode in ('none', 'stream', 'window'):
+            model = models.load('photometric') if label == 'photometric' else None
+            rng = np.random.default_rng(seed)
+            pipeline = Pipeline(PipelineConfig(alignment=AlignmentConfig(mode=mode)),
+                                model=model or _FlickeringModel(rng))
+            out: dict[int, np.ndarray] = {}
+            for frame in video:
+                if isinstance(pipeline.model, _FlickeringModel):
+                    pipeline.model.set_next(frame.depth)
+                for result in pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns,
+                                               compute_points=False):
+                    out[result.index] = result.depth
+            for result in pipeline.flush():
+                out[result.index] = result.depth
+            depth = [out[i] for i in range(len(video))]
+            fit = metrics.fit_alignment(depth, truth, 'sequence-median')[0]
+            tae = None if fit is None else metrics.temporal_alignment_error(
+                [fit.apply(d) for d in depth], [f.pose for f in video], video[0].intrinsics)
+            row[f'TAE {mode}'] = math.nan if tae is None else tae
+        row['stream / none'] = float(row['TAE stream']) / float(row['TAE none'])  # type: ignore[arg-type]
+        row['window / none'] = float(row['TAE window']) / float(row['TAE none'])  # type: ignore[arg-type]
+        rows.append(row)
+    return rows
+
+
+class _FlickeringModel(DepthModel):
+    """True disparity with 5 % noise under a random scale and shift per frame."""
+
+    name = 'flicker'
+    output_kind = 'relative_disparity'
+    device = 'cpu'
+    precision = 'fp32'
+    backend = 'bench'
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self._next = np.ones((2, 2), np.float32)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._next.shape[0], self._next.shape[1]
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width
+
+    def set_next(self, depth: np.ndarray) -> None:
+        """The true depth (H, W) metres behind the next image."""
+        self._next = depth
+
+    def _infer_batch(self, batch: np.ndarray) -> np.ndarray:
+        truth = 1.0 / self._next.astype(np.float64)
+        noisy = truth * (1 + 0.05 * self._rng.standard_normal(truth.shape))
+        scale = self._rng.uniform(0.5, 2.0)
+        shift = self._rng.uniform(-0.5, 1.0) * scale * float(np.nanmin(truth))
+        return np.repeat((scale * noisy + shift).astype(np.float32)[None], len(batch), 0)
 
 
 def quality_rows(frames: int, seed: int = 3) -> list[dict[str, object]]:
@@ -176,15 +260,9 @@ def _inputs(height: int, width: int, count: int = 16,
 def _model_ms(height: int, width: int, repeats: int) -> tuple[float, str]:
     """DAv2-S inference ms at this size, or NaN and a note when it cannot run."""
     try:
-        from endo_depth_ros.models.depth_anything import (
-            TorchDepthModel,
-            build_network,
-            make_config,
-        )
+        from endo_depth_ros.bench import random_weights_model
 
-        network = build_network(make_config('dav2-s'))
-        model = TorchDepthModel(network, name='dav2-s', output_kind='relative_disparity',
-                                device='cpu', precision='fp32', input_size=min(height, width))
+        model = random_weights_model('dav2-s', min(height, width))
     except (ImportError, EndoDepthError) as err:
         return math.nan, f'(DAv2-S not timed at {height}x{width}: {err}; ms only)'
     rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)

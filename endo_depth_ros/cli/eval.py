@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 import sys
 from typing import Any
 
@@ -144,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         'max_depth_m': config.max_depth, 'start': config.start, 'frames': config.frames,
         'stride': config.stride, 'mode': 'live' if args.live else 'offline',
     }
+    # Fail before the (long) evaluation rather than when writing its report.
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.live:
         if args.write_bag:
             raise ConfigError('--write-bag works offline only; record a live run with '

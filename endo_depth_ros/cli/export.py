@@ -68,6 +68,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("'photometric' is an OpenCV model without a network to export.")
     if args.name not in MODEL_NAMES:
         raise ConfigError(f'Unknown model {args.name!r}; known: {", ".join(MODEL_NAMES[1:])}.')
+    if args.input_size < 14:
+        raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
+                          f'{args.input_size}.')
     network, output_kind = load_network(args.name, args.checkpoint)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
                             precision='fp32', input_size=args.input_size, warmup=False)

@@ -83,6 +83,9 @@ def _run(args: argparse.Namespace) -> int:
         fps=args.fps, speed_mm=args.speed_mm, instrument=args.instrument,
         fov_mask=args.fov_mask, fov_deg=args.fov_deg, radius_mm=tuple(args.radius_mm),
         fold_amplitude=args.fold_amplitude, noise=args.noise)
+    if args.contact_sheet is not None:
+        # Before rendering: an unwritable PNG path must not cost the whole render.
+        args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
     sheet_every = max(1, config.frames // 4)
     kept: list[SynthFrame] = []
 

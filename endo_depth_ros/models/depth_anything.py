@@ -413,7 +413,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
             zipfile.BadZipFile, KeyError) as err:
         raise ModelLoadError(
-            f'{path} is not a readable PyTorch/safetensors checkpoint: {err}') from err
+            f'{path} is not a readable PyTorch/safetensors checkpoint '
+            f'({type(err).__name__}: {err}).') from err
     for wrapper in ('model', 'state_dict'):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
