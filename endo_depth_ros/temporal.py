@@ -24,7 +24,8 @@ Modes (``AlignmentConfig.mode``):
     aligned frames and up to ``keyframes`` keyframes that anchor the scale over long
     sequences (frame 0 first, as Video Depth Anything keeps it as a global anchor). When
     the new frame and a reference both have a pose, the reference is first reprojected
-    into the new view (``metrics.reproject_depth``); without poses the fit is direct
+    into the new view (``metrics.reproject_depth``; see ``reproject``); without poses
+    the fit is direct
     (endoscope motion between frames is small). A reference *explains* a pixel when it
     agrees with the new frame about as well as the most recent frame does (within
     ``AGREEMENT_SIGMAS`` robust standard deviations of that frame's residuals); a
@@ -127,7 +128,12 @@ must be an affine-free function of the truth. That holds for ``scale_source='mod
 and for ``'fixed'`` when the model's disparity has no shift (the policy assumes shift 0
 for the first frame). A relative model with a large shift gives a distorted depth
 (far tissue too far or too near) which no rigid motion reprojects consistently; over a
-long forward flight the fits then drift. Set ``reproject=False`` for such models.
+long forward flight the fits then drift. Set ``reproject='never'`` for such models.
+With odometry tracked on the aligned depth every warped fit also carries a small bias;
+a flickering model follows every fit, so the bias piles up into a runaway of the global
+scale (300-frame synthetic bag: ratio to the first frame up to 2.8). ``reproject='auto'``
+(default) therefore fits a model the parameter prior has seen flicker without warping
+(ratio 0.60..1.22) and warps only for a stable one; the output fusion keeps the poses.
 Without poses the alignment cannot tell a camera approaching the tissue from a change
 of the prediction's scale: it keeps the depth distribution of consecutive frames alike.
 
@@ -152,6 +158,8 @@ from endo_depth_ros.metrics import reproject_depth
 MODES = ('none', 'stream', 'window')
 #: Values of ``AlignmentConfig.scale_source``.
 SCALE_SOURCES = ('fixed', 'model', 'none')
+#: When the poses given to ``push`` reproject the references of a fit (see ``reproject``).
+REPROJECT_POLICIES = ('auto', 'always', 'never')
 #: Values of ``AlignmentConfig.robust``.
 ROBUST_METHODS = ('trimmed', 'huber', 'none')
 #: Values of ``AlignmentConfig.estimator``.
@@ -203,8 +211,11 @@ class AlignmentConfig:
             drops below this is left out of the fits; when the newest one drops below
             it, the current frame becomes a keyframe.
         keyframe_weight: weight of a keyframe's pixels relative to a previous frame's.
-        reproject: use the poses given to ``push`` to reproject references into the new
-            view. The depth must then have the right shape (see the module docstring).
+        reproject: when the poses given to ``push`` reproject the references of a fit
+            into the new view: 'auto' (unless the parameter prior has seen the model
+            flicker, see "Parameter prior"), 'always' or 'never'. The output fusion
+            (``blend``) uses the poses unless 'never'. The depth must have the right
+            shape (see the module docstring).
         window: window mode: frames per window (W).
         overlap: window mode: overlapped frames blended between windows (L).
         window_keyframes: window mode: keyframes carried from the previous window (T).
@@ -247,7 +258,7 @@ class AlignmentConfig:
     keyframes: int = 2
     keyframe_overlap: float = 0.5
     keyframe_weight: float = 1.0
-    reproject: bool = True
+    reproject: str = 'auto'
     window: int = 32
     overlap: int = 8
     window_keyframes: int = 2
@@ -274,6 +285,7 @@ class AlignmentConfig:
         _choice('estimator', self.estimator, ESTIMATORS)
         _choice('robust', self.robust, ROBUST_METHODS)
         _choice('scale_source', self.scale_source, SCALE_SOURCES)
+        _choice('reproject', self.reproject, REPROJECT_POLICIES)
         _integer('capacity', self.capacity, 0)
         _integer('reference_frames', self.reference_frames, 1)
         _integer('keyframes', self.keyframes, 0)
@@ -1010,7 +1022,7 @@ class TemporalAligner:
         interpolating the new frame would smooth its noise only, which biases the
         symmetric fit.
         """
-        camera = self._reprojection_camera()
+        camera = self._fit_camera()
         if camera is None or target.pose is None or ref_pose is None:
             return _Ref(target.grid.ravel(), values.ravel(), self._grid_positions, weight)
         if self._warp_cameras is None or self._warp_cameras[0] != camera:
@@ -1031,9 +1043,24 @@ class TemporalAligner:
 
     def _reprojection_camera(self) -> Intrinsics | None:
         """The camera when poses are to be used (configured, units metric-like), else None."""
-        if self.config.reproject and self.config.scale_source != 'none':
+        if self.config.reproject != 'never' and self.config.scale_source != 'none':
             return self._camera
         return None
+
+    def _fit_camera(self) -> Intrinsics | None:
+        """The camera when the fits reproject their references with poses, else None.
+
+        'auto' stops once the parameter prior has seen the model flicker: each warped fit
+        then carries the small bias of poses tracked on the aligned depth itself, and
+        following every fit exactly integrates it into a runaway of the global scale.
+        """
+        if self.config.reproject == 'auto' and self._flickering():
+            return None
+        return self._reprojection_camera()
+
+    def _flickering(self) -> bool:
+        """Whether the fits measured so far change more than ``flicker_threshold``."""
+        return self._changes > 0 and self._change_ms > self.config.flicker_threshold ** 2
 
     def _stochastic_round(self, coord: np.ndarray, size: int) -> np.ndarray:
         """Round to floor or ceil with probabilities making the mean exact; clip to size."""
@@ -1201,6 +1228,8 @@ class TemporalAligner:
         # A trusted metric model (scale_source='model') keeps its per-pixel depth.
         if (self.config.blend > 0 and self.config.mode != 'none'
                 and self.config.scale_source != 'model'):
+            # Fusion keeps the poses even for a flickering model: it only mixes outputs,
+            # so its warp's bias never feeds a fit (measured: lower TAE, same bounds).
             camera = self._reprojection_camera()
             aligned = self._fusion.apply(aligned, pose if camera is not None else None,
                                          camera, mix)
@@ -1240,7 +1269,7 @@ class TemporalAligner:
             refs, kf_rows = self._stream_references(inp, pos)
             fit, trusted, overlap = self._fit(inp, refs)
             if fit.ok:
-                posed = inp.pose is not None and self._reprojection_camera() is not None
+                posed = inp.pose is not None and self._fit_camera() is not None
                 scale, shift = self._prior((fit.scale, fit.shift), self._last_good, inp.grid,
                                            posed)
                 reason = ''
@@ -1453,7 +1482,7 @@ class TemporalAligner:
             fit, trusted, _ = self._fit(self._ring_frame(slot), refs)
             if fit.ok:
                 self._accept(fit)
-                posed = bool(ring.has_pose[slot]) and self._reprojection_camera() is not None
+                posed = bool(ring.has_pose[slot]) and self._fit_camera() is not None
                 params = self._prior((fit.scale, fit.shift), previous, sub, posed)
                 return params, '', True, trusted
             self._stats.rejected_fits += 1
