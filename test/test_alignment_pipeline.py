@@ -10,44 +10,12 @@ import numpy as np
 import pytest
 
 from endo_depth_ros import metrics, models
+from endo_depth_ros.bench.align import FlickeringModel
 from endo_depth_ros.evaluation import GroundTruthModel
 from endo_depth_ros.models.base import DepthModel
 from endo_depth_ros.pipeline import Pipeline, PipelineConfig
 from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 from endo_depth_ros.temporal import AlignmentConfig
-
-
-class FlickeringModel(DepthModel):
-    """A per-frame network's failure mode: true disparity with 5 % noise under a random
-    scale and shift per frame (the issue's robustness scenario)."""
-
-    name = 'flicker'
-    output_kind = 'relative_disparity'
-    device = 'cpu'
-    precision = 'fp32'
-    backend = 'test'
-
-    def __init__(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
-        self._next = np.zeros((0, 0), np.float32)
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._next.shape[0], self._next.shape[1]
-
-    def network_size(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
-
-    def set_next(self, depth: np.ndarray) -> None:
-        """The true depth (H, W) metres behind the next image."""
-        self._next = depth
-
-    def _infer_batch(self, batch: np.ndarray) -> np.ndarray:
-        truth = 1.0 / self._next.astype(np.float64)
-        noisy = truth * (1 + 0.05 * self._rng.standard_normal(truth.shape))
-        scale = self._rng.uniform(0.5, 2.0)
-        shift = self._rng.uniform(-0.5, 1.0) * scale * float(np.nanmin(truth))
-        return np.repeat((scale * noisy + shift).astype(np.float32)[None], len(batch), 0)
 
 
 @pytest.fixture(scope='module')

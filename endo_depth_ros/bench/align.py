@@ -113,12 +113,11 @@ def pipeline_rows(frames: int, seed: int = 2) -> list[dict[str, object]]:
         row: dict[str, object] = {'model': label}
         for mode in ('none', 'stream', 'window'):
             model = models.load('photometric') if label == 'photometric' else None
-            rng = np.random.default_rng(seed)
             pipeline = Pipeline(PipelineConfig(alignment=AlignmentConfig(mode=mode)),
-                                model=model or _FlickeringModel(rng))
+                                model=model or FlickeringModel(seed))
             out: dict[int, np.ndarray] = {}
             for frame in video:
-                if isinstance(pipeline.model, _FlickeringModel):
+                if isinstance(pipeline.model, FlickeringModel):
                     pipeline.model.set_next(frame.depth)
                 for result in pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns,
                                                compute_points=False):
@@ -136,8 +135,9 @@ def pipeline_rows(frames: int, seed: int = 2) -> list[dict[str, object]]:
     return rows
 
 
-class _FlickeringModel(DepthModel):
-    """True disparity with 5 % noise under a random scale and shift per frame."""
+class FlickeringModel(DepthModel):
+    """A per-frame network's failure mode, for benchmarks and tests: true disparity with
+    5 % noise under a random scale and shift per frame (issue 5's robustness scenario)."""
 
     name = 'flicker'
     output_kind = 'relative_disparity'
@@ -145,8 +145,8 @@ class _FlickeringModel(DepthModel):
     precision = 'fp32'
     backend = 'bench'
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self._rng = rng
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
         self._next = np.ones((2, 2), np.float32)
 
     @property
