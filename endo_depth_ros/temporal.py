@@ -25,8 +25,9 @@ Modes (``AlignmentConfig.mode``):
     sequences (frame 0 first, as Video Depth Anything keeps it as a global anchor). When
     the new frame and a reference both have a pose, the reference is first reprojected
     into the new view (``metrics.reproject_depth``; see ``reproject``); without poses
-    the fit is direct (endoscope motion between frames is small). A reference *explains* a pixel when it
-    agrees with the new frame about as well as the most recent frame does (within
+    the fit is direct (endoscope motion between frames is small). A reference
+    *explains* a pixel when it agrees with the new frame about as well as the most
+    recent frame does (within
     ``AGREEMENT_SIGMAS`` robust standard deviations of that frame's residuals); a
     keyframe's *overlap* is the fraction of pixels it explains relative to the most
     recent frame. When the newest keyframe's overlap drops below ``keyframe_overlap``
