@@ -209,7 +209,7 @@ class StereoDepth:
         self.config = config
         disparities = 16 * math.ceil(config.stereo_max_disparity_px / 16)
         block = config.stereo_block_size
-        self._matcher = cv2.StereoSGBM_create(
+        self._matcher = cv2.StereoSGBM.create(
             minDisparity=0, numDisparities=disparities, blockSize=block,
             P1=8 * block * block, P2=32 * block * block, uniquenessRatio=10,
             disp12MaxDiff=1,  # OpenCV's left-right consistency check (pixels)
