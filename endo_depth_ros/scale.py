@@ -111,7 +111,7 @@ class ScaleConfig:
     stereo_min_texture: float = 2.0
     stereo_min_coverage: float = 0.05
     stereo_trim_fraction: float = 0.2
-    kinematics_window: int = 30
+    kinematics_window: int = 12
     kinematics_min_motion_m: float = 0.004
     kinematics_time_offset_s: float = 0.0
     kinematics_frame: str = ''

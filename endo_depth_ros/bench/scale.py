@@ -127,6 +127,8 @@ def robustness_rows(flight: list[SynthFrame], scene: Scene) -> list[dict[str, ob
     scenarios = [
         Scenario('stereo, instrument over half the view', stereo, occlude_half=True),
         Scenario('stereo, right frame missing every 3rd', stereo, drop_right_every=3),
+        Scenario('stereo + shift, instrument over half the view',
+                 replace(stereo, fit_shift=True), occlude_half=True),
         Scenario('kinematics 0.3 mm, latency compensated', kin),
         Scenario('kinematics 0.3 mm, latency ignored', replace(kin, kinematics_time_offset_s=0)),
         Scenario('kinematics 1 mm noise', kin, kinematics_noise_m=1e-3),

@@ -58,7 +58,8 @@ class ScaleInputs:
         if config.source == 'kinematics' or config.kinematics_odometry == 'kinematics':
             self._tf_buffer = self._tf(node) if config.kinematics_frame else None
             if self._tf_buffer is None:
-                node.create_subscription(PoseStamped, 'kinematics/pose', self.on_kinematics, 50)
+                node.create_subscription(PoseStamped, 'kinematics/pose', self.on_kinematics,
+                                         qos_profile_sensor_data)
 
     def _tf(self, node: Node) -> Any:
         try:
