@@ -36,7 +36,8 @@ from endo_depth_ros.odometry import OdometryConfig, PoseEstimate, VisualOdometry
 from endo_depth_ros.scale import MetricScale, ScaleConfig, StereoPair
 from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAligner
 
-#: Names of the per-stage timings in ``FrameResult.timings_ms``.
+#: Names of the per-stage timings in ``FrameResult.timings_ms`` (``scale`` only with a
+#: scale source or kinematic poses configured, see ``endo_depth_ros.scale``).
 STAGES = ('model', 'odometry', 'alignment', 'scale', 'geometry')
 
 
