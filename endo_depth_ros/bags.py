@@ -10,6 +10,10 @@ source would publish::
     /endoscope/pose_gt       geometry_msgs/msg/PoseStamped  optical frame in ``world``
     /endoscope/seg_gt        sensor_msgs/msg/Image       mono8, 0 tissue / 1 instrument
 
+and, for a stereo or robot-held synthetic flight, ``/endoscope/right/{image_raw,
+camera_info,depth_gt}`` (rectified pair, ``P[0,3] = -fx * B``) and
+``/endoscope/kinematics`` (PoseStamped of the camera in the robot's ``base`` frame).
+
 :func:`write_npz` stores the same frames as one ``.npz`` per frame (keys ``rgb``,
 ``depth``, ``seg``, ``K``, ``pose``, ``stamp``; EndoSynth's layout plus camera and pose).
 
@@ -40,6 +44,7 @@ from endo_depth_ros.geometry import (
     pose_from_translation_quaternion,
     pose_to_translation_quaternion,
 )
+from endo_depth_ros.scale import baseline_from_projection
 
 #: Topics written by :func:`write_sequence`.
 TOPIC_IMAGE = '/endoscope/image_raw'
@@ -47,6 +52,12 @@ TOPIC_CAMERA_INFO = '/endoscope/camera_info'
 TOPIC_DEPTH = '/endoscope/depth_gt'
 TOPIC_POSE = '/endoscope/pose_gt'
 TOPIC_SEG = '/endoscope/seg_gt'
+TOPIC_RIGHT_IMAGE = '/endoscope/right/image_raw'
+TOPIC_RIGHT_CAMERA_INFO = '/endoscope/right/camera_info'
+TOPIC_RIGHT_DEPTH = '/endoscope/right/depth_gt'
+TOPIC_KINEMATICS = '/endoscope/kinematics'
+RIGHT_CAMERA_FRAME = 'endoscope_right_optical_frame'
+KINEMATICS_FRAME = 'base'
 #: Frame ids (REP-103 optical frame of the endoscope; ground-truth world).
 CAMERA_FRAME = 'endoscope_optical_frame'
 WORLD_FRAME = 'world'
@@ -96,6 +107,9 @@ class BagTopics:
     depth: str | None = None
     pose: str | None = None
     seg: str | None = None
+    right_image: str | None = None
+    right_camera_info: str | None = None
+    kinematics: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +125,10 @@ class BagFrame:
         depth_gt: (H, W) float32 metres (REP-118 z-depth), NaN invalid, or None.
         pose_gt: (4, 4) float64 ``T_world_camera``, or None.
         seg_gt: (H, W) uint8 labels, or None.
+        right_rgb: (H, W, 3) uint8 right image of a rectified pair, or None.
+        baseline_m: the pair's baseline from the right camera_info (metres, 0: none).
+        kinematics: ``(stamp_ns, T_base_camera)`` kinematic sample paired with the
+            image, or None.
     """
 
     index: int
@@ -121,6 +139,9 @@ class BagFrame:
     depth_gt: np.ndarray | None = None
     pose_gt: np.ndarray | None = None
     seg_gt: np.ndarray | None = None
+    right_rgb: np.ndarray | None = None
+    baseline_m: float = 0.0
+    kinematics: tuple[int, np.ndarray] | None = None
 
 
 # --------------------------------------------------------------------------- writing
@@ -192,10 +213,11 @@ class BagWriter:
                          frame_id)
 
     def write_camera_info(self, topic: str, stamp_ns: int, intrinsics: Intrinsics,
-                          frame_id: str = CAMERA_FRAME) -> None:
-        """``sensor_msgs/CameraInfo`` of ``intrinsics`` (pinhole written as plumb_bob, D = 0)."""
+                          frame_id: str = CAMERA_FRAME, *, baseline_m: float = 0.0) -> None:
+        """``sensor_msgs/CameraInfo`` of ``intrinsics`` (pinhole written as plumb_bob, D = 0);
+        ``baseline_m`` > 0 makes it a rectified right camera (``P[0,3] = -fx * B``)."""
         self._write(topic, stamp_ns, _camera_info(
-            self._types, self._header(stamp_ns, frame_id), intrinsics))
+            self._types, self._header(stamp_ns, frame_id), intrinsics, baseline_m))
 
     def write_pose(self, topic: str, stamp_ns: int, T: np.ndarray,
                    frame_id: str = WORLD_FRAME) -> None:
@@ -269,6 +291,16 @@ def write_sequence(
             bag.write_depth(TOPIC_DEPTH, stamp, frame.depth)
             bag.write_pose(TOPIC_POSE, stamp, frame.pose)
             bag.write_image(TOPIC_SEG, stamp, np.asarray(frame.seg, np.uint8), 'mono8')
+            right = getattr(frame, 'right', None)
+            if right is not None:
+                bag.write_image(TOPIC_RIGHT_IMAGE, stamp, right.rgb, 'rgb8', RIGHT_CAMERA_FRAME)
+                bag.write_camera_info(TOPIC_RIGHT_CAMERA_INFO, stamp, frame.intrinsics,
+                                      RIGHT_CAMERA_FRAME,
+                                      baseline_m=float(getattr(frame, 'baseline_m', 0.0)))
+                bag.write_depth(TOPIC_RIGHT_DEPTH, stamp, right.depth, RIGHT_CAMERA_FRAME)
+            kinematic = getattr(frame, 'kinematic_pose', None)
+            if kinematic is not None:
+                bag.write_pose(TOPIC_KINEMATICS, stamp, kinematic, KINEMATICS_FRAME)
             count += 1
     return count
 
@@ -317,8 +349,10 @@ def _image(types: dict[str, Any], header: Any, array: np.ndarray, encoding: str)
                              encoding=encoding, is_bigendian=0, step=step, data=data)
 
 
-def _camera_info(types: dict[str, Any], header: Any, intrinsics: Intrinsics) -> Any:
+def _camera_info(types: dict[str, Any], header: Any, intrinsics: Intrinsics,
+                 baseline_m: float = 0.0) -> Any:
     f = encodings.intrinsics_to_fields(intrinsics)
+    f['p'][3] = -intrinsics.fx * baseline_m
     model, d = f['distortion_model'], f['d']
     if model in ('', 'none'):
         # A pinhole camera is written the way ROS calibration tools do: plumb_bob, D = 0.
@@ -413,6 +447,9 @@ def _choose_topics(path: Path, types: dict[str, str],
         'depth': (IMAGE_TYPE,),
         'pose': (POSE_TYPE, ODOMETRY_TYPE),
         'seg': (IMAGE_TYPE,),
+        'right_image': (IMAGE_TYPE, COMPRESSED_TYPE),
+        'right_camera_info': (CAMERA_INFO_TYPE,),
+        'kinematics': (POSE_TYPE,),
     }
     chosen: dict[str, str | None] = {}
     for key, wanted in overrides.items():
@@ -430,7 +467,7 @@ def _choose_topics(path: Path, types: dict[str, str],
         chosen[key] = wanted
     if 'image' not in chosen:
         candidates = [t for t, ty in types.items() if ty in allowed['image']
-                      and not _AUX_IMAGE.search(t)]
+                      and not _AUX_IMAGE.search(t) and not _RIGHT_NAME.search(t)]
         chosen['image'] = _best(candidates, _IMAGE_PREFERENCE)
     image = chosen['image']
     if image is None:
@@ -454,15 +491,30 @@ def _choose_topics(path: Path, types: dict[str, str],
     pick('camera_info', None, ('camera_info',))
     pick('depth', _DEPTH_NAME, ('depth_gt', 'gt', 'ground_truth', 'depth'))
     pick('seg', _SEG_NAME, ('seg_gt', 'seg', 'mask', 'label'))
+    pick('kinematics', _KINEMATICS_NAME, ('kinematics',))
     pick('pose', None, ('pose_gt', 'gt', 'ground_truth', 'groundtruth', 'pose'))
+    # The right camera of a stereo pair: an image topic named right, its camera_info.
+    if 'right_image' not in chosen:
+        candidates = [t for t, ty in types.items() if ty in allowed['right_image']
+                      and _RIGHT_NAME.search(t) and not _AUX_IMAGE.search(t) and t not in taken]
+        chosen['right_image'] = _best(candidates, _IMAGE_PREFERENCE)
+    right = chosen['right_image']
+    if right is not None and 'right_camera_info' not in chosen:
+        candidates = [t for t, ty in types.items() if ty == CAMERA_INFO_TYPE and t not in taken]
+        chosen['right_camera_info'] = _best(candidates, ('camera_info',),
+                                            right.rsplit('/', 1)[0])
     return BagTopics(image=image, camera_info=chosen['camera_info'], depth=chosen['depth'],
-                     pose=chosen['pose'], seg=chosen['seg'])
+                     pose=chosen['pose'], seg=chosen['seg'], right_image=right,
+                     right_camera_info=chosen.get('right_camera_info'),
+                     kinematics=chosen['kinematics'])
 
 
 _AUX_IMAGE = re.compile(r'depth|disp|seg|mask|label|gt\b|ground_?truth|normal|flow',
                         re.IGNORECASE)
 _DEPTH_NAME = re.compile(r'depth', re.IGNORECASE)
 _SEG_NAME = re.compile(r'seg|mask|label', re.IGNORECASE)
+_RIGHT_NAME = re.compile(r'right', re.IGNORECASE)
+_KINEMATICS_NAME = re.compile(r'kinematic', re.IGNORECASE)
 _IMAGE_PREFERENCE = ('image_raw', 'image_rect_color', 'image_color', 'image_rect', 'image',
                      'rgb', 'color')
 
@@ -539,7 +591,9 @@ class _Pending:
 
 def _read_bag(path: Path, topics: BagTopics, start: int, stop: int | None, stride: int,
               fallback: Intrinsics | None, tolerance: int) -> Iterator[BagFrame]:
-    extra = {'depth': topics.depth, 'pose': topics.pose, 'seg': topics.seg}
+    extra = {'depth': topics.depth, 'pose': topics.pose, 'seg': topics.seg,
+             'right': topics.right_image, 'right_info': topics.right_camera_info,
+             'kinematics': topics.kinematics}
     expected = [k for k, t in extra.items() if t is not None]
     wanted = {t: k for k, t in extra.items() if t is not None}
     wanted[topics.image] = 'image'
@@ -554,7 +608,7 @@ def _read_bag(path: Path, topics: BagTopics, start: int, stop: int | None, strid
         # Messages by stamp; each selected image waits until its partners are in (or
         # until _PAIRING_WINDOW more images went by), then becomes a frame.
         truth: dict[str, dict[int, Any]] = {
-            k: {} for k in ('depth', 'pose', 'seg', 'camera_info')}
+            k: {} for k in ('depth', 'pose', 'seg', 'camera_info', *extra)}
         pending: list[_Pending] = []
         latest_info: Intrinsics | None = None
         image_index = -1
@@ -632,8 +686,29 @@ def _finish(p: _Pending, truth: dict[str, dict[int, Any]], latest_info: Intrinsi
     depth = None if depth_msg is None else _decode_depth(depth_msg, path)
     seg = None if seg_msg is None else _decode_mono(seg_msg, path)
     pose = None if pose_msg is None else _decode_pose(pose_msg)
+    right, baseline = _decode_right(truth, p, path, tolerance)
+    kin_msg = _match(truth['kinematics'], p.stamp_ns, tolerance)
+    kinematics = None if kin_msg is None else (_stamp_ns(kin_msg), _decode_pose(kin_msg))
     return BagFrame(index=p.index, stamp_ns=p.stamp_ns, rgb=p.rgb, intrinsics=info,
-                    frame_id=p.frame_id, depth_gt=depth, pose_gt=pose, seg_gt=seg)
+                    frame_id=p.frame_id, depth_gt=depth, pose_gt=pose, seg_gt=seg,
+                    right_rgb=right, baseline_m=baseline, kinematics=kinematics)
+
+
+def _decode_right(truth: dict[str, dict[int, Any]], p: _Pending, path: Path,
+                  tolerance: int) -> tuple[np.ndarray | None, float]:
+    """The right image paired with ``p`` and the baseline of its camera_info."""
+    msg = _match(truth['right'], p.stamp_ns, tolerance)
+    info = _match(truth['right_info'], p.stamp_ns, tolerance)
+    if msg is None or info is None:
+        return None, 0.0
+    stamp = _stamp_ns(msg)
+    rgb, _ = _decode_rgb(msg, COMPRESSED_TYPE if hasattr(msg, 'format') else IMAGE_TYPE,
+                         path, stamp)
+    try:
+        baseline = baseline_from_projection(info.p)
+    except BadInputError as err:
+        raise BagError(f'{path}: right camera_info at stamp {stamp} ns: {err}') from None
+    return rgb, baseline
 
 
 # --------------------------------------------------------------------------- decoding

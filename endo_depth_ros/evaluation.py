@@ -34,6 +34,7 @@ from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
+from endo_depth_ros.scale import StereoPair
 
 
 class Progress(Protocol):
@@ -397,7 +398,11 @@ def evaluate_run(
         pending[frame.stamp_ns] = FrameRecord(
             index=frame.index, stamp_ns=frame.stamp_ns, depth=None, gt_depth=frame.depth_gt,
             gt_pose=frame.pose_gt, rgb=frame.rgb)
-        collect(pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns))
+        if frame.kinematics is not None:
+            pipeline.add_kinematics(*frame.kinematics)
+        stereo = (StereoPair(frame.right_rgb, frame.baseline_m)
+                  if frame.right_rgb is not None else None)
+        collect(pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns, stereo=stereo))
         if progress is not None:
             progress.update(1)
     collect(pipeline.flush())
@@ -523,7 +528,7 @@ def _score_trajectory(
     position: dict[int, int],
 ) -> None:
     """ATE (Sim(3) and SE(3)) and RPE on frames with both a valid estimate and ground truth."""
-    for key in ('ate', 'ate_se3', 'traj_scale', 'rpe_trans', 'rpe_rot'):
+    for key in ('ate', 'ate_se3', 'traj_scale', 'rpe_trans', 'rpe_rot', 'path_length'):
         summary[key] = None
     both = [(r, r.est_pose, r.gt_pose) for r in records
             if r.est_pose is not None and r.gt_pose is not None]
@@ -535,6 +540,7 @@ def _score_trajectory(
     errors = metrics.aligned_position_errors(est, gt, with_scale=True)
     summary['ate'] = float(np.sqrt(np.mean(errors**2)))
     summary['ate_se3'] = metrics.absolute_trajectory_error(est, gt, with_scale=False)
+    summary['path_length'] = float(np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1).sum())
     summary['traj_scale'] = s
     trans, rot = metrics.relative_pose_error(est, gt, scale=s)
     summary['rpe_trans'] = float(trans.mean())

@@ -6,7 +6,8 @@ Per frame: depth model -> visual odometry -> temporal alignment -> point cloud::
     est = odometry.track(rgb, intrinsics)        # pose against the reference keyframe
     aligned = aligner.push(raw, pose=est.pose)   # metric-ish, temporally consistent depth
     odometry.set_reference_depth(aligned.depth)  # so this frame can become a keyframe
-    cloud = make_cloud(aligned.depth, intrinsics)
+    depth, pose = scale.apply(aligned.depth, ...) # metric from stereo / kinematics (scale.py)
+    cloud = make_cloud(depth, intrinsics)
 
 Odometry runs before alignment so the aligner can reproject earlier frames with the
 tracked pose. In ``window`` alignment mode the aligner returns frames with a latency
@@ -32,10 +33,12 @@ from endo_depth_ros.errors import BadInputError, ConfigError
 from endo_depth_ros.geometry import CloudConfig, PointCloud, make_cloud
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig, PoseEstimate, VisualOdometry
+from endo_depth_ros.scale import MetricScale, ScaleConfig, StereoPair
 from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAligner
 
-#: Names of the per-stage timings in ``FrameResult.timings_ms``.
-STAGES = ('model', 'odometry', 'alignment', 'geometry')
+#: Names of the per-stage timings in ``FrameResult.timings_ms`` (``scale`` only with a
+#: scale source or kinematic poses configured, see ``endo_depth_ros.scale``).
+STAGES = ('model', 'odometry', 'alignment', 'scale', 'geometry')
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class PipelineConfig:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
 
 @dataclass
@@ -146,6 +150,7 @@ class _InFlight:
     compute_pose: bool
     timings_ms: dict[str, float]
     estimate: PoseEstimate | None = None
+    stereo: StereoPair | None = None
 
 
 class Pipeline:
@@ -166,6 +171,7 @@ class Pipeline:
         self.model = model if model is not None else self.config.model.load()
         self.aligner = TemporalAligner(self.config.alignment)
         self.odometry = VisualOdometry(self.config.odometry)
+        self.scale = MetricScale(self.config.scale)
         self._windowed = self.config.alignment.mode == 'window'
         # Window mode: a stream aligner gives each frame a depth on arrival (for odometry).
         self._provisional = (TemporalAligner(replace(self.config.alignment, mode='stream',
@@ -201,6 +207,7 @@ class Pipeline:
         *,
         compute_points: bool = True,
         compute_pose: bool = True,
+        stereo: StereoPair | None = None,
     ) -> list[FrameResult]:
         """Run one frame through the pipeline.
 
@@ -210,6 +217,7 @@ class Pipeline:
             stamp_ns: capture time (ns); must not go backwards.
             compute_points: build the point cloud (skip it when nobody needs it).
             compute_pose: run visual odometry (skip it when nobody needs it).
+            stereo: the right image of a rectified pair (``scale.source='stereo'``).
 
         Returns:
             The frames completed by this call, oldest first: exactly this frame in
@@ -249,7 +257,7 @@ class Pipeline:
                 intrinsics=intrinsics, stamp_ns=stamp_ns)
             timings['alignment'] = _ms_since(start)
             frame = _InFlight(stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose,
-                              timings)
+                              timings, stereo=stereo)
             for out in aligned:
                 results.append(self._finish(index, frame, out, estimate))
             return results
@@ -265,7 +273,8 @@ class Pipeline:
             timings['odometry'] += _ms_since(start)
             pose = estimate.pose if estimate.valid else None
         self._in_flight[index] = _InFlight(
-            stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate)
+            stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate,
+            stereo)
         start = time.perf_counter()
         aligned = self.aligner.push(raw, output_kind=self.model.output_kind, pose=pose,
                                     intrinsics=intrinsics, stamp_ns=stamp_ns)
@@ -298,6 +307,14 @@ class Pipeline:
         self._restart()
         self._camera = None
 
+    def add_kinematics(self, stamp_ns: int, pose: np.ndarray) -> None:
+        """One sample of the robot's camera pose ``T_base_camera`` (4x4, metres).
+
+        Raises:
+            BadInputError: reason ``'kinematics'`` for a pose that is not a finite 4x4.
+        """
+        self.scale.add_kinematics(stamp_ns, pose)
+
     # ------------------------------------------------------------------ internals
 
     def _restart(self) -> None:
@@ -305,6 +322,7 @@ class Pipeline:
         if self._provisional is not None:
             self._provisional.reset()
         self.odometry.reset()
+        self.scale.reset()
         self._in_flight.clear()
         self._next_index = 0
         self._last_stamp_ns = None
@@ -351,14 +369,21 @@ class Pipeline:
             start = time.perf_counter()
             self.odometry.set_reference_depth(aligned.depth)
             frame.timings_ms['odometry'] += _ms_since(start)
+        depth = aligned.depth
+        if self.scale.active:
+            # Depth, cloud and pose translations all take the same metric scale.
+            start = time.perf_counter()
+            depth, estimate = self.scale.apply(depth, frame.rgb, frame.intrinsics,
+                                               frame.stamp_ns, estimate, frame.stereo)
+            frame.timings_ms['scale'] = _ms_since(start)
         cloud = None
         if frame.compute_points:
             start = time.perf_counter()
-            cloud = make_cloud(aligned.depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb)
+            cloud = make_cloud(depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb)
             frame.timings_ms['geometry'] = _ms_since(start)
         return FrameResult(
             index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
-            raw=frame.raw, output_kind=self.model.output_kind, depth=aligned.depth, cloud=cloud,
+            raw=frame.raw, output_kind=self.model.output_kind, depth=depth, cloud=cloud,
             pose=estimate, fallback=bool(aligned.fallback), scale=float(aligned.scale),
             shift=float(aligned.shift), timings_ms=frame.timings_ms)
 

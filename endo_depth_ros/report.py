@@ -139,10 +139,35 @@ def markdown_table(results: Sequence[RunResult]) -> str:
 def results_tables(results: Sequence[RunResult]) -> str:
     """``markdown_table`` of all runs, then ``live_table`` of the live ones if any (Markdown)."""
     text = markdown_table(results)
+    metric = [r for r in results if r.protocol == 'none']
+    if metric:
+        text += '\n\n' + metric_table(metric)
     live = [r for r in results if r.mode == 'live']
     if live:
         text += '\n\n' + live_table(live)
     return text
+
+
+def metric_table(results: Sequence[RunResult]) -> str:
+    """Metric depth and trajectory (``--protocol none``): what a robot gets (Markdown).
+
+    acc@2cm is EndoSynth's fraction of pixels within 2 cm; the ATE here is after a rigid
+    (SE(3)) alignment only, so a wrong scale shows, also as a percentage of the path.
+    """
+    header = ['Model', 'Align', 'AbsRel ↓', 'RMSE (mm) ↓', 'δ<1.25 ↑', 'acc@2cm ↑',
+              'ATE SE(3) (mm) ↓', 'path (mm)', 'ATE / path ↓']
+    rows = []
+    for r in results:
+        s = r.summary
+        ate, path = s.get('ate_se3'), s.get('path_length')
+        share = _DASH
+        if isinstance(ate, float) and isinstance(path, float) and path > 0:
+            share = f'{100 * ate / path:.2f} %'
+        rows.append([r.model + (' (live)' if r.mode == 'live' else ''), r.align,
+                     _fmt(s.get('abs_rel'), 3), _fmt(s.get('rmse'), 2, 1e3),
+                     _fmt(s.get('a1'), 3), _fmt(s.get('acc_2cm'), 3), _fmt(ate, 2, 1e3),
+                     _fmt(path, 1, 1e3), share])
+    return _markdown(header, rows)
 
 
 def live_table(results: Sequence[RunResult]) -> str:

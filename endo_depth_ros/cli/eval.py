@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import fields
 import sys
 from typing import Any
 
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from endo_depth_ros import evaluation, metrics, outputs, report
 from endo_depth_ros.cli.common import run_cli
 from endo_depth_ros.errors import ConfigError
+from endo_depth_ros.scale import ScaleConfig
 
 PROG = 'endo-depth-eval'
 
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                             'what it publishes (adds latency, drop and output rates)')
     group.add_argument('--rate', type=float, default=1.0,
                        help='live replay speed factor (default 1.0 = recorded rate)')
+    group.add_argument('--scale-source', choices=('none', 'stereo', 'kinematics'),
+                       default='none', help='metric scale from the right camera or the '
+                       'kinematic pose stream of the bag (default none; see scale.py)')
+    group.add_argument('--scale-param', action='append', default=[], metavar='NAME=VALUE',
+                       help='another scale.* setting, e.g. kinematics_time_offset_s=0.03 '
+                       '(repeatable)')
     group.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                        help='extra node parameter for --live (repeatable)')
     group = parser.add_argument_group('scoring')
@@ -117,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
         raise ConfigError(f'--input-size must be at least 14, got {args.input_size}.')
     base = replace(base, model=replace(base.model, device=args.device,
                                        input_size=args.input_size))
+    base = replace(base, scale=scale_config(args.scale_source, args.scale_param))
     topics = {key: value for key, value in (
         ('image', args.image_topic), ('camera_info', args.camera_info_topic),
         ('depth', args.depth_topic), ('pose', args.pose_topic)) if value}
@@ -126,6 +135,26 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
         protocol=args.protocol, min_depth=args.min_depth, max_depth=args.max_depth,
         start=args.start, frames=args.frames, stride=args.stride, pipeline=base,
         topics=topics, contact_frames=args.contact_frames)
+
+
+def scale_config(source: str, params: Sequence[str]) -> ScaleConfig:
+    """``ScaleConfig`` from ``--scale-source`` and ``--scale-param NAME=VALUE`` (typed by
+    the field's default; raises ``ConfigError`` naming a bad one)."""
+    values: dict[str, object] = {'source': source}
+    defaults = ScaleConfig()
+    for item in params:
+        name, sep, text = item.partition('=')
+        if not sep or name not in {f.name for f in fields(ScaleConfig)} or name == 'source':
+            raise ConfigError(f'--scale-param {item!r}: expected NAME=VALUE with NAME one of '
+                              f'{[f.name for f in fields(ScaleConfig)][1:]}.')
+        kind = type(getattr(defaults, name))
+        try:
+            values[name] = (text.lower() in ('1', 'true', 'yes') if kind is bool
+                            else kind(text))
+        except ValueError:
+            raise ConfigError(f'--scale-param {item!r}: {text!r} is not a {kind.__name__}.'
+                              ) from None
+    return ScaleConfig(**values)  # type: ignore[arg-type]
 
 
 def progress_factory(enabled: bool) -> evaluation.ProgressFactory | None:
@@ -156,8 +185,12 @@ def run(args: argparse.Namespace) -> int:
                               '`ros2 bag record` instead.')
         from endo_depth_ros.ros import replay
 
+        scale_params = [f'scale.{f.name}:={getattr(config.pipeline.scale, f.name)}'
+                        for f in fields(ScaleConfig)
+                        if getattr(config.pipeline.scale, f.name) != getattr(ScaleConfig(), f.name)]
         results = replay.evaluate_live(args.bags, config, rate=args.rate,
-                                       node_params=args.node_param, progress=progress)
+                                       node_params=[*scale_params, *args.node_param],
+                                       progress=progress)
     else:
         results = evaluation.evaluate(args.bags, config, progress=progress,
                                       write_bag=args.write_bag, overwrite=args.overwrite)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from endo_depth_ros import bags, outputs
 from endo_depth_ros.cli.common import run_cli
+from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 from endo_depth_ros.synth.contact_sheet import save_contact_sheet
 
@@ -64,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
                         f'(default {defaults.fold_amplitude:g})')
     parser.add_argument('--noise', type=float, default=defaults.noise,
                         help=f'sensor noise std at mid grey (default {defaults.noise:g})')
+    parser.add_argument('--stereo', type=float, default=0.0, metavar='BASELINE_MM',
+                        help='also render the right camera of a rectified pair this far to the '
+                        'right (mm; /endoscope/right/{image_raw,camera_info,depth_gt})')
+    parser.add_argument('--kinematics-noise', type=float, metavar='SIGMA_M',
+                        help='also publish the camera pose as a robot reports it on '
+                        '/endoscope/kinematics: this translation noise (m), a latency and a '
+                        'small hand-eye error (see synth/stereo.py)')
+    parser.add_argument('--kinematics-latency', type=float,
+                        default=defaults.kinematics_latency_s, metavar='SECONDS',
+                        help='latency of the kinematic stream (default %(default)s s)')
     parser.add_argument('--contact-sheet', type=Path, metavar='PNG',
                         help='also save RGB | depth | segmentation of a few frames as a PNG')
     parser.add_argument('--overwrite', action='store_true',
@@ -83,7 +94,11 @@ def _run(args: argparse.Namespace) -> int:
         width=args.width, height=args.height, frames=args.frames, seed=args.seed,
         fps=args.fps, speed_mm=args.speed_mm, instrument=args.instrument,
         fov_mask=args.fov_mask, fov_deg=args.fov_deg, radius_mm=tuple(args.radius_mm),
-        fold_amplitude=args.fold_amplitude, noise=args.noise)
+        fold_amplitude=args.fold_amplitude, noise=args.noise, stereo_baseline_mm=args.stereo,
+        kinematics_noise_m=-1.0 if args.kinematics_noise is None else args.kinematics_noise,
+        kinematics_latency_s=args.kinematics_latency)
+    if args.kinematics_noise is not None and args.kinematics_noise < 0:
+        raise ConfigError(f'--kinematics-noise must be >= 0 m, got {args.kinematics_noise}.')
     # Before rendering: a refused output must not cost the whole render.
     outputs.check_recording_output(args.out, overwrite=args.overwrite)
     if args.contact_sheet is not None:

@@ -52,6 +52,12 @@ class SynthConfig:
         noise: standard deviation of the sensor noise at mid grey (fraction of full scale).
         max_depth_m: rays that hit nothing closer are invalid (depth NaN, black).
         start_ns: stamp of frame 0 (int nanoseconds).
+        stereo_baseline_mm: > 0 also renders the right camera of a rectified pair this
+            far along the left camera's x axis (0: monocular).
+        kinematics_noise_m: >= 0 also gives each frame the camera pose as a robot would
+            report it (see ``synth.stereo``), with this translation noise (metres, std);
+            negative: no kinematics.
+        kinematics_latency_s: the kinematic pose stamped t is the camera's at t - latency.
     """
 
     width: int = 320
@@ -81,6 +87,9 @@ class SynthConfig:
     noise: float = 0.012
     max_depth_m: float = 0.3
     start_ns: int = DEFAULT_START_NS
+    stereo_baseline_mm: float = 0.0
+    kinematics_noise_m: float = -1.0
+    kinematics_latency_s: float = 0.03
 
     def __post_init__(self) -> None:
         _positive_int(self, 'width', 'height', 'frames')
@@ -92,7 +101,11 @@ class SynthConfig:
                   'max_depth_m', 'fov_mask_radius')
         _non_negative(self, 'speed_mm', 'fold_amplitude', 'lobes', 'bend_mm', 'wobble',
                       'tilt_deg', 'roll_deg', 'vessel_density', 'specular', 'exposure',
-                      'vignetting', 'noise')
+                      'vignetting', 'noise', 'stereo_baseline_mm', 'kinematics_latency_s')
+        if not (isinstance(self.kinematics_noise_m, int | float)
+                and math.isfinite(self.kinematics_noise_m)):
+            raise ConfigError(f'kinematics_noise_m must be a number, got '
+                              f'{self.kinematics_noise_m!r}.')
         if not isinstance(self.seed, int | np.integer) or isinstance(self.seed, bool):
             raise ConfigError(f'seed must be an integer, got {self.seed!r}.')
         if not 10.0 <= self.fov_deg <= 170.0:
