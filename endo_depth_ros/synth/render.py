@@ -20,6 +20,7 @@ from endo_depth_ros.synth.instrument import (
 )
 from endo_depth_ros.synth.lumen import CHUNK, Lumen, rotate_rays
 from endo_depth_ros.synth.texture import TissueTexture, make_texture
+from endo_depth_ros.synth.view import apply_endoscope_view
 
 #: Segmentation labels.
 TISSUE, INSTRUMENT = 0, 1
@@ -95,7 +96,10 @@ class Scene:
         pose = self.camera_pose(index)
         intrinsics = cfg.intrinsics
         view = self.render(pose, index, intrinsics)
-        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=view.rgb,
+        rgb = view.rgb
+        if cfg.view_circle or cfg.jpeg_quality:
+            rgb = apply_endoscope_view(rgb, cfg, index)
+        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=rgb,
                           depth=view.depth, seg=view.seg, pose=pose, intrinsics=intrinsics)
 
     def render(self, pose: np.ndarray, index: float = 0, intrinsics: Intrinsics | None = None,
