@@ -279,7 +279,8 @@ def _fits(detection: Detection, level: np.ndarray) -> bool:
 
 def _convex_region(binary: np.ndarray) -> np.ndarray | None:
     """The filled convex hull of the largest connected region (None: no region)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), 8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8),
+                                                               connectivity=8)
     if count <= 1:
         return None
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))

@@ -68,6 +68,7 @@ def apply_endoscope_view(rgb: np.ndarray, config: SynthConfig, index: float) -> 
     if config.jpeg_quality > 0:
         ok, data = cv2.imencode('.jpg', cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, int(config.jpeg_quality)])
-        if ok:
-            out = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
+        if decoded is not None:
+            out = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     return out
