@@ -443,6 +443,8 @@ def read_recording_info(path: str | Path) -> RecordingInfo:
     units, view = 'metric', None
     with _open_reader(path) as reader:
         wanted = [c for c in reader.connections if c.topic in (TOPIC_GT_INFO, TOPIC_VIEW)]
+        if not wanted:  # (an empty selection would mean every connection to rosbags)
+            return RecordingInfo()
         seen: set[str] = set()
         for conn, _log_time, raw in _messages(reader, wanted, path):
             if conn.topic in seen:

@@ -40,3 +40,7 @@ class BackendUnavailableError(EndoDepthError):
 
 class BagError(EndoDepthError):
     """A bag (or npz sequence folder) is missing, corrupt or lacks required topics."""
+
+
+class DatasetError(EndoDepthError):
+    """A dataset folder to import is missing files or holds malformed ones."""

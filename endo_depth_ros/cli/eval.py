@@ -189,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
     progress = progress_factory(not args.no_progress)
     settings: dict[str, object] = {
         'protocol': config.protocol, 'gt_units': config.gt_units,
-        'depth_range': ('ground truth' if config.range_from_gt and config.gt_units != 'metric'
-                        else f'{config.min_depth:g}-{config.max_depth:g}'),
+        'min_depth_m': config.min_depth, 'max_depth_m': config.max_depth,
+        'range_from_scale_free_gt': config.range_from_gt,
         'start': config.start, 'frames': config.frames,
         'stride': config.stride, 'mode': 'live' if args.live else 'offline',
     }
