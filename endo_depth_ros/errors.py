@@ -44,3 +44,7 @@ class BagError(EndoDepthError):
 
 class DatasetError(EndoDepthError):
     """A dataset folder to import is missing files or holds malformed ones."""
+
+
+class OutputError(EndoDepthError):
+    """An output path cannot be written without risking a user's data (see ``outputs``)."""

@@ -102,6 +102,8 @@ def _open_video(src: Path, video: Path, K: np.ndarray, D: np.ndarray,
                 index += 1
         finally:
             capture.release()
+            points.close()
+            poses.close()
 
     return Dataset(limited(frames(), options), frame_count(total, options),
                    has_depth=len(points) > 0, has_pose=len(poses) > 0)
@@ -178,13 +180,19 @@ class _Members:
                     self._files[number] = path
         elif archive.is_file():
             try:
-                self._archive = tarfile.open(archive, 'r:gz')
+                # Open while the frames are read (the archive can be gigabytes); close().
+                self._archive = tarfile.open(archive, 'r:gz')  # noqa: SIM115
                 for member in self._archive.getmembers():
                     number = _frame_number(Path(member.name).name, suffixes)
                     if member.isfile() and number is not None:
                         self._members[number] = member
             except (OSError, tarfile.TarError) as err:
                 raise DatasetError(f'Cannot read archive {str(archive)!r}: {err}') from None
+
+    def close(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
 
     def __len__(self) -> int:
         return len(self._files) + len(self._members)
