@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 import struct
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class Camera:
     def intrinsics(self) -> Intrinsics:
         """Pinhole part plus the distortion, named as in sensor_msgs/CameraInfo."""
         p = self.params
+        coeffs: tuple[float, ...]
         if self.model in ('SIMPLE_PINHOLE', 'SIMPLE_RADIAL', 'RADIAL'):
             fx = fy = p[0]
             cx, cy = p[1], p[2]
@@ -280,7 +281,7 @@ def _image(name: str, camera_id: int, q_wxyz: np.ndarray, t: np.ndarray, xy: np.
 # --------------------------------------------------------------------------- binary
 
 
-def _unpack(f: BinaryIO, fmt: str) -> tuple[object, ...]:
+def _unpack(f: BinaryIO, fmt: str) -> tuple[Any, ...]:
     size = struct.calcsize(fmt)
     data = f.read(size)
     if len(data) != size:
@@ -302,9 +303,9 @@ def _read_cameras_bin(path: Path) -> dict[int, Camera]:
             cam_id, model_id, width, height = _unpack(f, '<iiQQ')
             if model_id not in CAMERA_MODELS:
                 raise ValueError(f'unknown camera model id {model_id}')
-            name, n = CAMERA_MODELS[int(model_id)]  # type: ignore[call-overload]
-            params = tuple(float(v) for v in _unpack(f, f'<{n}d'))  # type: ignore[arg-type]
-            cameras[int(cam_id)] = Camera(int(width), int(height), name,  # type: ignore[call-overload]
+            name, n = CAMERA_MODELS[int(model_id)]
+            params = tuple(float(v) for v in _unpack(f, f'<{n}d'))
+            cameras[int(cam_id)] = Camera(int(width), int(height), name,
                                           params)
     return cameras
 
@@ -330,7 +331,7 @@ def _read_images_bin(path: Path) -> list[Image]:
                                                         ('id', '<i8')]))
             q = np.array(values[1:5], dtype=np.float64)
             t = np.array(values[5:8], dtype=np.float64)
-            images.append(_image(name.decode('utf-8'), int(values[8]),  # type: ignore[call-overload]
+            images.append(_image(name.decode('utf-8'), int(values[8]),
                                  q, t, np.column_stack([table['x'], table['y']]),
                                  table['id'].astype(np.int64)))
     return images
@@ -341,8 +342,8 @@ def _read_points_bin(path: Path) -> dict[int, np.ndarray]:
     with path.open('rb') as f:
         for _ in range(_count(f)):
             values = _unpack(f, '<Q3d3BdQ')
-            track = int(values[8])  # type: ignore[call-overload]
+            track = int(values[8])
             if len(f.read(8 * track)) != 8 * track:
                 raise ValueError('unexpected end of file in a track')
-            points[int(values[0])] = np.array(values[1:4], dtype=np.float64)  # type: ignore[call-overload]
+            points[int(values[0])] = np.array(values[1:4], dtype=np.float64)
     return points

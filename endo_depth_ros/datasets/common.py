@@ -164,7 +164,7 @@ def read_numbers(path: Path, what: str) -> np.ndarray:
         raise DatasetError(f'{what}: cannot read numbers from {str(path)!r}: {err}') from None
 
 
-def check_same_size(rgb: np.ndarray, depth: np.ndarray, where: Path) -> None:
+def check_same_size(rgb: np.ndarray, depth: np.ndarray, where: Path | str) -> None:
     """A one-line error when the depth and image sizes differ."""
     if depth.shape != rgb.shape[:2]:
         raise DatasetError(f'{where}: depth is {depth.shape[1]}x{depth.shape[0]} but the '
