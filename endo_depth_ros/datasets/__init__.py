@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+import shutil
 from types import ModuleType
 
 import cv2
@@ -99,6 +100,20 @@ def import_dataset(
     if view is not None:
         topics.append((bags.TOPIC_VIEW, bags.IMAGE_TYPE))
     step = progress(dataset.count) if progress is not None else None
+    try:
+        count = _write(dataset, out, storage, overwrite, topics, view, step)
+    except BaseException:
+        # A half-written bag would later read as a short recording: remove what we made.
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if count == 0:
+        raise DatasetError(f'{src}: no frame was imported.')
+    return count
+
+
+def _write(dataset: Dataset, out: str | Path, storage: str, overwrite: bool,
+           topics: list[tuple[str, str]], view: np.ndarray | None,
+           step: Callable[[], object] | None) -> int:
     count = 0
     with bags.BagWriter(out, storage=storage, overwrite=overwrite, topics=topics) as bag:
         for frame in dataset.frames:
@@ -121,6 +136,4 @@ def import_dataset(
             count += 1
             if step is not None:
                 step()
-    if count == 0:
-        raise DatasetError(f'{src}: no frame was imported.')
     return count
