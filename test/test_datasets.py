@@ -474,7 +474,8 @@ def test_recorded_field_of_view_is_used_by_the_evaluator(tmp_path: Path) -> None
     bag = tmp_path / 'c3vd'
     assert _import('c3vd', tmp_path / 'seq', bag, '--mask', str(tmp_path / 'mask.png')) == 0
     info = bags.read_recording_info(bag)
-    assert info.view is not None and info.view[:, : W // 2].all() and not info.view[:, W // 2:].any()
+    assert info.view is not None
+    assert info.view[:, : W // 2].all() and not info.view[:, W // 2:].any()
     # A model that is right only inside the view scores 0 there.
     run = _evaluate(bag, tmp_path / 'eval')
     assert run['metrics']['abs_rel'] == pytest.approx(0.0, abs=1e-6)
