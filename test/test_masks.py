@@ -104,3 +104,33 @@ def test_pipeline_outputs_nothing_outside_the_view(flight: tuple[SynthConfig, li
     off = Pipeline(PipelineConfig(field_of_view=masks.FieldOfViewConfig(mode='off')))
     (plain,) = off.process(frames[0], intrinsics, config.stamp_ns(0))
     assert plain.view is None and plain.points is not None and len(plain.points) > len(points)
+
+
+def test_node_parameters_set_the_field_of_view() -> None:
+    from endo_depth_ros.ros.node import parameter_specs, pipeline_config_from_parameters
+
+    names = {spec.name for spec in parameter_specs()}
+    assert {'field_of_view.mode', 'field_of_view.margin_px', 'field_of_view.radius'} <= names
+    config = pipeline_config_from_parameters({'field_of_view.mode': 'circle',
+                                              'field_of_view.radius': 0.45})
+    assert config.field_of_view == masks.FieldOfViewConfig(mode='circle', radius=0.45)
+    with pytest.raises(ConfigError, match='field_of_view'):
+        pipeline_config_from_parameters({'field_of_view.mode': 'oval'})
+
+
+def test_synthetic_endoscope_view_bag_is_scored_inside_the_detected_view(tmp_path) -> None:
+    import json
+
+    from endo_depth_ros.cli import eval as eval_cli
+    from endo_depth_ros.cli import synth as synth_cli
+
+    assert synth_cli.main([str(tmp_path / 'flight'), '--frames', '4', '--width', '200',
+                           '--height', '160', '--endoscope-view', '--jpeg-quality', '70',
+                           '--quiet']) == 0
+    out = tmp_path / 'eval'
+    assert eval_cli.main([str(tmp_path / 'flight'), '--model', 'gt', '--align', 'none',
+                          '--out', str(out), '--no-progress', '--contact-frames', '2']) == 0
+    run = json.loads((out / 'results.json').read_text())['runs'][0]
+    assert run['metrics']['abs_rel'] == pytest.approx(0.0, abs=1e-6)
+    assert run['frames_scored'] == 4
+    assert any(p.name.startswith('contact_') for p in out.iterdir())
