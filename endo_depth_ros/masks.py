@@ -231,14 +231,14 @@ class FieldOfView:
                                                 cfg.radius), cfg.margin_px)
         if cfg.mode == 'circle':
             return self._mask
-        level = brightness(rgb)
+        # Brightness only when it is used: detection frames and periodic checks.
         if self._collected < cfg.detect_frames:
-            self._accumulate(level)
+            self._accumulate(brightness(rgb))
         else:
             self._since_check += 1
             if self._since_check >= cfg.check_every:
                 self._since_check = 0
-                self._check(level)
+                self._check(brightness(rgb))
         return self._mask
 
     def _accumulate(self, level: np.ndarray) -> None:
