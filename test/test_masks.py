@@ -134,3 +134,20 @@ def test_synthetic_endoscope_view_bag_is_scored_inside_the_detected_view(tmp_pat
     assert run['metrics']['abs_rel'] == pytest.approx(0.0, abs=1e-6)
     assert run['frames_scored'] == 4
     assert any(p.name.startswith('contact_') for p in out.iterdir())
+
+
+def test_odometry_detects_features_only_inside_the_view(
+        flight: tuple[SynthConfig, list]) -> None:
+    from endo_depth_ros.odometry import VisualOdometry
+
+    config, frames = flight
+    intrinsics = config.intrinsics
+    view = masks.circle_mask(config.width, config.height, 0.3, 0.5, 0.3)  # the left part
+    odometry = VisualOdometry()
+    odometry.track(frames[0], intrinsics, view=view)
+    assert odometry.set_reference_depth(np.full((config.height, config.width), 0.03))
+    keyframe = odometry._keyframe  # the corners are what is checked
+    assert keyframe is not None and len(keyframe.pixels) > 20
+    cols = np.round(keyframe.pixels[:, 0]).astype(int)
+    rows = np.round(keyframe.pixels[:, 1]).astype(int)
+    assert view[rows, cols].all()
