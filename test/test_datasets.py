@@ -233,8 +233,9 @@ def test_scared_video_with_interpolated_points_and_poses(tmp_path: Path) -> None
                          photometric='rgb')
         T = poses[i].copy()
         T[:3, 3] *= 1000.0
+        # camera-pose maps keyframe points into this frame: world-to-camera, in mm.
         (data / 'frame_data' / f'frame_data{i:06d}.json').write_text(
-            json.dumps({'camera-pose': T.tolist()}))
+            json.dumps({'camera-pose': np.linalg.inv(T).tolist()}))
     writer.release()
     bag = tmp_path / 'scared_video'
     assert _import('scared', key, bag) == 0

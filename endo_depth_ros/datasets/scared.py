@@ -13,8 +13,11 @@ Format, as the challenge release and the public toolkit read it (dimitrisPs/scar
   vertically (left on top); ``data/scene_points.tar.gz`` (or an extracted
   ``data/scene_points/`` folder): one 3D image per video frame, left stacked on right;
   ``data/frame_data.tar.gz`` (or ``data/frame_data/``): one JSON per frame whose
-  ``camera-pose`` is the 4x4 pose of the left camera (millimetres), taken here as
-  camera-to-world of the OpenCV camera frame (x right, y down, z forward: REP-103 optical).
+  ``camera-pose`` (millimetres) maps points of the keyframe's left camera frame into this
+  frame's (the toolkit's ``scripts/generate_sequence_dataset.py`` warps the keyframe
+  point cloud with it through ``convertions.transform_pts``): world = the keyframe's
+  camera, and the pose written is its inverse, camera-to-world; OpenCV camera axes
+  (x right, y down, z forward: REP-103 optical).
 
 A keyframe folder with ``data/rgb.mp4`` imports the whole video with its interpolated
 ground truth; without it, the keyframe alone (one frame). Depth is the Z channel in metres
@@ -158,9 +161,11 @@ def _pose(data: bytes, where: str) -> np.ndarray:
         T = np.asarray(json.loads(data)['camera-pose'], dtype=np.float64).reshape(4, 4)
     except (ValueError, KeyError, TypeError) as err:
         raise DatasetError(f'{where}: no 4x4 "camera-pose": {err}') from None
-    T = T.copy()
-    T[:3, 3] /= 1000.0  # mm -> m
-    return T
+    if not np.isfinite(T).all() or abs(np.linalg.det(T[:3, :3]) - 1.0) > 1e-3:
+        raise DatasetError(f'{where}: "camera-pose" is not a rigid transform.')
+    T_world_camera = np.linalg.inv(T)  # camera-pose maps keyframe (world) to camera
+    T_world_camera[:3, 3] /= 1000.0  # mm -> m
+    return T_world_camera
 
 
 class _Members:
