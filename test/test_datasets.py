@@ -98,7 +98,7 @@ def test_c3vd_depth_and_poses_round_trip_and_the_oracle_scores_zero(tmp_path: Pa
         np.testing.assert_allclose(frame.pose_gt, expected[i], atol=1e-9)
         # The dataset's pinhole camera, rescaled from 1350x1080.
         assert frame.intrinsics.size == (W, H)
-        assert frame.intrinsics.fx == pytest.approx(769.2436 * W / 1350, rel=1e-4)
+        assert frame.intrinsics.fy == pytest.approx(769.2436 * H / 1080, rel=1e-6)
     est = np.stack([f.pose_gt for f in frames])
     assert metrics.absolute_trajectory_error(est, np.stack(expected)) < 1e-9
     run = _evaluate(bag, tmp_path / 'eval')

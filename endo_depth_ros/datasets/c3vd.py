@@ -1,20 +1,22 @@
 """C3VD (Colonoscopy 3D Video Dataset, Bobrow et al. 2023): one folder per sequence.
 
-Format, as the dataset's release and the public converters read it (e.g.
-IRMVLab/IRMV-Medical-Datasets ``datasets_and_codes/c3vd/c3vd2tum.py``):
+Format, from the dataset's own example loader (DurrLab/C3VD ``python/exampleDataLoader.py``)
+and README:
 
 - ``NNNN_color.png``: RGB frames, 1350x1080;
-- ``NNNN_depth.tiff``: 16-bit depth rendered from the registered model, 0..65535 mapping
-  0..100 mm (the dataset's documentation); 0 is treated as invalid;
-- ``pose.txt``: one line per frame, 16 comma-separated values of the 4x4 camera-to-world
-  transform flattened column by column (the converter takes the translation from the last
-  row of the row-major reshape), translation in millimetres; the camera axes are those
-  of the pinhole projection the loaders use (x right, y down, z forward: REP-103 optical);
-- intrinsics: the dataset's calibration is an omnidirectional (Scaramuzza) model; its
-  pinhole part (fx 769.2436, fy = fx / 0.99998688, cx 679.5448, cy 543.9759 at
-  1350x1080, the parameters quoted in the converter above) is used unless the user
-  gives a camera (``--fx ...`` or ``--camera-info``). Depth and colour are pixel-aligned,
-  so depth scores do not depend on it; reprojection (TAE, odometry) is approximate.
+- ``NNNN_depth.tiff``: 16-bit depth along the camera z axis, 0..65535 mapping 0..100 mm;
+  0 and 65535 (clipped at 100 mm) are invalid;
+- ``pose.txt``: one line per frame, 16 comma-separated values of the homogeneous
+  camera-to-world transform in column-major order (the loader multiplies row vectors by
+  the row-major reshape), translation in millimetres;
+- intrinsics: an omnidirectional (Scaramuzza) model, rays ``(u - cx, v - cy)`` through the
+  inverse stretch matrix ``[[c, d], [e, 1]]`` and ``z = a0 + a2 rho^2 + ...``: the camera
+  axes are x right, y down, z forward (REP-103 optical). Its pinhole part at the image
+  centre, ``fx = c * a0``, ``fy = a0``, ``cx``, ``cy`` with the loader's values (a0
+  769.2436, c 0.99998688, cx 678.5448, cy 542.9759 at 1350x1080), is the camera written
+  unless the user gives one (``--fx ...`` or ``--camera-info``). Depth and colour are
+  pixel-aligned, so depth scores do not depend on it; reprojection (TAE, odometry) away
+  from the centre is approximate.
 """
 
 from __future__ import annotations
@@ -44,9 +46,8 @@ from endo_depth_ros.errors import DatasetError
 #: Full scale of the 16-bit depth TIFFs (millimetres).
 DEPTH_FULL_SCALE_MM = 100.0
 #: The pinhole part of the dataset's calibration, at its native 1350x1080.
-NATIVE_CAMERA = Intrinsics(width=1350, height=1080, fx=769.243600037458,
-                           fy=769.243600037458 / 0.999986882249990,
-                           cx=679.544839263292, cy=543.975887548343)
+NATIVE_CAMERA = Intrinsics(width=1350, height=1080, fx=0.999986882249990 * 769.243600037458,
+                           fy=769.243600037458, cx=678.544839263292, cy=542.975887548343)
 
 
 def open_dataset(src: Path, options: ImportOptions) -> Dataset:
@@ -75,6 +76,7 @@ def open_dataset(src: Path, options: ImportOptions) -> Dataset:
                 check_same_size(rgb, raw, depths[number])
                 depth = positive_or_nan(raw.astype(np.float32)
                                         * np.float32(DEPTH_FULL_SCALE_MM / 65535.0 / 1000.0))
+                depth[raw == 65535] = np.nan  # clipped at the 100 mm full scale
             yield ImportedFrame(options.stamp_ns(i), rgb, camera, depth,
                                 None if poses is None else poses[i])
 
