@@ -78,8 +78,10 @@ def _c3vd(folder: Path, n: int = 3) -> list[np.ndarray]:
     for i in range(n):
         _write_rgb(folder / f'{i:04d}_color.png', _texture(i))
         mm = _depth_m(i) * 1000.0
-        tifffile.imwrite(folder / f'{i:04d}_depth.tiff',
-                         np.round(mm / 100.0 * 65535.0).astype(np.uint16))
+        raw = np.round(mm / 100.0 * 65535.0).astype(np.uint16)
+        raw[0, 0] = 65535  # clipped at 100 mm: invalid
+        raw[0, 1] = 0  # invalid
+        tifffile.imwrite(folder / f'{i:04d}_depth.tiff', raw)
         T = poses[i].copy()
         T[:3, 3] *= 1000.0  # the file is in millimetres, column by column
         lines.append(','.join(f'{v:.9f}' for v in T.T.ravel()))
@@ -94,7 +96,8 @@ def test_c3vd_depth_and_poses_round_trip_and_the_oracle_scores_zero(tmp_path: Pa
     frames = list(bags.read_frames(bag))
     assert len(frames) == 3
     for i, frame in enumerate(frames):
-        np.testing.assert_allclose(frame.depth_gt, _depth_m(i), atol=2e-6)  # 16-bit of 100 mm
+        assert np.isnan(frame.depth_gt[0, :2]).all()
+        np.testing.assert_allclose(frame.depth_gt[1:], _depth_m(i)[1:], atol=2e-6)  # 1/65535
         np.testing.assert_allclose(frame.pose_gt, expected[i], atol=1e-9)
         # The dataset's pinhole camera, rescaled from 1350x1080.
         assert frame.intrinsics.size == (W, H)
