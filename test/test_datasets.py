@@ -184,6 +184,25 @@ def test_hamlyn_millimetre_pngs_and_intrinsics(tmp_path: Path) -> None:
     assert run['has_gt_pose'] is False
 
 
+def test_hamlyn_endo_depth_and_motion_layout(tmp_path: Path) -> None:
+    """color/ + depth/ paired in file-number order, ScanNet-style 4x4 intrinsics."""
+    seq = tmp_path / 'test1'
+    (seq / 'color').mkdir(parents=True)
+    (seq / 'depth').mkdir()
+    (seq / 'intrinsic').mkdir()
+    for i in (2, 10):  # numeric, not lexicographic, order
+        cv2.imwrite(str(seq / 'color' / f'frame{i}.jpg'), _texture(i))
+        cv2.imwrite(str(seq / 'depth' / f'{i}.png'),
+                    np.full((H, W), 20 + i, np.uint16))  # mm
+    (seq / 'intrinsic' / 'intrinsic_color.txt').write_text(
+        '45 0 31.5 0\n0 45 23.5 0\n0 0 1 0\n0 0 0 1\n')
+    bag = tmp_path / 'edm'
+    assert _import('hamlyn', seq, bag) == 0
+    frames = list(bags.read_frames(bag))
+    assert [float(np.nanmedian(f.depth_gt)) for f in frames] == pytest.approx([0.022, 0.030])
+    assert frames[0].intrinsics.fx == 45.0
+
+
 # --------------------------------------------------------------------------- SCARED
 
 
