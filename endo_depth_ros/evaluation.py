@@ -419,7 +419,8 @@ def evaluate_run(
     ``view`` is the recording's own field of view (else the pipeline detects it).
     """
     pipeline = Pipeline(pipeline_config_for(config.pipeline, spec, align), model=model)
-    pipeline.field_of_view.set_fixed(view)
+    if config.pipeline.field_of_view.mode != 'off':  # off means every pixel, as asked
+        pipeline.field_of_view.set_fixed(view)
     oracle = model if isinstance(model, GroundTruthModel) else None
     pending: dict[int, FrameRecord] = {}
     records: list[FrameRecord] = []
