@@ -136,32 +136,46 @@ def working_level(level: np.ndarray) -> np.ndarray:
     return cv2.resize(level, size, interpolation=cv2.INTER_AREA)
 
 
-def detect_field_of_view(level: np.ndarray) -> Detection:
+def working_brightness(rgb: np.ndarray) -> np.ndarray:
+    """:func:`brightness` of ``rgb`` area-averaged to the working size (cheap at any size)."""
+    height, width = rgb.shape[:2]
+    factor = min(height, width) / WORK_SIDE
+    if factor > 1.0:
+        size = (max(1, round(width / factor)), max(1, round(height / factor)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return brightness(rgb)
+
+
+def detect_field_of_view(level: np.ndarray,
+                         shape: tuple[int, int] | None = None) -> Detection:
     """Find the endoscope's view in a brightness image.
 
     Args:
-        level: (H, W) uint8 brightness (:func:`brightness`, or its maximum over frames).
+        level: (h, w) uint8 brightness (:func:`brightness`, or its maximum over frames),
+            at the image's size or reduced (:func:`working_brightness`).
+        shape: (H, W) of the image the mask is for (default: ``level``'s).
 
     Returns:
         The view (``mask`` None when it fills the image or when there is no dark
         surround) and the threshold used (grey level).
     """
     level = np.asarray(level, dtype=np.uint8)
+    shape = level.shape if shape is None else (int(shape[0]), int(shape[1]))
     work = working_level(level)
     hull, threshold = _detect_hull(work)
     if hull is None:
         return Detection(None, threshold)
     work_mask = _fill(hull, work.shape)
-    if work.shape == level.shape:
+    if work.shape == shape:
         return Detection(work_mask, threshold, work_mask)
-    sy, sx = level.shape[0] / work.shape[0], level.shape[1] / work.shape[1]
+    sy, sx = shape[0] / work.shape[0], shape[1] / work.shape[1]
     # A boundary pixel of the working image covers half a working pixel beyond its centre.
     centre = hull.mean(axis=0)
     offset = hull - centre
     norm = np.maximum(np.linalg.norm(offset, axis=1, keepdims=True), 1e-9)
     grown = hull + 0.5 * offset / norm
     full = np.column_stack([(grown[:, 0] + 0.5) * sx - 0.5, (grown[:, 1] + 0.5) * sy - 0.5])
-    return Detection(_fill(full, level.shape), threshold, work_mask)
+    return Detection(_fill(full, shape), threshold, work_mask)
 
 
 def _detect_hull(level: np.ndarray) -> tuple[np.ndarray | None, float]:
@@ -274,21 +288,22 @@ class FieldOfView:
                                                 cfg.radius), cfg.margin_px)
         if cfg.mode == 'circle':
             return self._mask
-        # Brightness only when it is used: detection frames and periodic checks.
+        # Brightness only when it is used (detection frames, periodic checks), at the
+        # working size: the cost does not grow with the resolution.
         if self._collected < cfg.detect_frames:
-            self._accumulate(brightness(rgb))
+            self._accumulate(working_brightness(rgb))
         else:
             self._since_check += 1
             if self._since_check >= cfg.check_every:
                 self._since_check = 0
-                self._check(brightness(rgb))
+                self._check(working_brightness(rgb))
         return self._mask
 
     def _accumulate(self, level: np.ndarray) -> None:
         self._accumulated = (level if self._accumulated is None
                              else np.maximum(self._accumulated, level))
         self._collected += 1
-        self._detection = detect_field_of_view(self._accumulated)
+        self._detection = detect_field_of_view(self._accumulated, self._size)
         self._mask = shrink(self._detection.mask, self.config.margin_px)
         if self._collected == self.config.detect_frames:
             self.detections += 1
