@@ -15,19 +15,21 @@ the true view, AbsRel and TAE (scored on the true view's ground truth either way
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 import statistics
 import tempfile
 import time
 
+import cv2
 import numpy as np
 
 from endo_depth_ros import bags, evaluation, masks
 from endo_depth_ros.bench import parse_size, print_table
 from endo_depth_ros.pipeline import Pipeline, PipelineConfig
 from endo_depth_ros.synth import SynthConfig, render_sequence
-from endo_depth_ros.synth.view import endoscope_view_mask
+from endo_depth_ros.synth.view import apply_endoscope_view, endoscope_view_mask
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--noise', type=float, default=4.0,
                         help='surround noise, grey levels (default 4)')
     parser.add_argument('--seed', type=int, default=0, help='scene seed (default 0)')
+    parser.add_argument('--upscale', metavar='WIDTHxHEIGHT',
+                        help='render at --size, upscale (bicubic) to this size, then add the '
+                             'view, surround and JPEG there (camera resolutions that would '
+                             'take too long to render)')
     parser.add_argument('--score-frames', type=int, default=60,
                         help='frames of the downstream comparison, 0 = skip (default 60)')
 
@@ -46,18 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Render, detect, print one table."""
     width, height = parse_size(args.size, min_side=32)
+    out_w, out_h = parse_size(args.upscale, min_side=32) if args.upscale else (width, height)
     rows: list[dict[str, object]] = []
     for quality in (int(q) for q in args.qualities.split(',')):
-        config = SynthConfig(width=width, height=height, frames=args.frames, seed=args.seed,
+        config = SynthConfig(width=out_w, height=out_h, frames=args.frames, seed=args.seed,
                              view_circle=True, jpeg_quality=quality,
                              surround_noise=args.noise)
-        truth = endoscope_view_mask(config, width, height)
+        truth = endoscope_view_mask(config, out_w, out_h)
         fov = masks.FieldOfView(masks.FieldOfViewConfig(margin_px=0))
         ious, times, changes = [], [], 0
         previous: np.ndarray | None = None
-        for frame in render_sequence(config):
+        for rgb in _frames(config, width, height):
             start = time.perf_counter()
-            view = fov.update(frame.rgb)
+            view = fov.update(rgb)
             times.append((time.perf_counter() - start) * 1e3)
             ious.append(0.0 if view is None else masks.iou(view, truth))
             if previous is not None and view is not previous and len(ious) > 5:
@@ -71,11 +78,26 @@ def run(args: argparse.Namespace) -> None:
             'mask changes after detection': changes, 'detections': fov.detections,
             'ms/update (median)': f'{statistics.median(times):.2f}',
         })
-    print_table(f'Field-of-view detection, {width}x{height}, surround noise '
+    print_table(f'Field-of-view detection, {out_w}x{out_h}'
+                + (f' (rendered at {width}x{height})' if (out_w, out_h) != (width, height)
+                   else '') + ', surround noise '
                 f'{args.noise:g} grey levels, soft edge {SynthConfig().view_edge_px:g} px, '
                 f'view offset {SynthConfig().view_offset}', rows)
     if args.score_frames > 0:
         _downstream_table(width, height, args.score_frames, args.seed, args.noise)
+
+
+def _frames(config: SynthConfig, width: int, height: int) -> Iterator[np.ndarray]:
+    """The flight's RGB frames at the config's size, rendered at (width, height)."""
+    if (width, height) == (config.width, config.height):
+        for frame in render_sequence(config):
+            yield frame.rgb
+        return
+    small = replace(config, width=width, height=height, view_circle=False, jpeg_quality=0)
+    for frame in render_sequence(small):
+        big = cv2.resize(frame.rgb, (config.width, config.height),
+                         interpolation=cv2.INTER_CUBIC)
+        yield apply_endoscope_view(big, config, frame.index)
 
 
 def _downstream_table(width: int, height: int, frames: int, seed: int, noise: float) -> None:
@@ -85,7 +107,7 @@ def _downstream_table(width: int, height: int, frames: int, seed: int, noise: fl
     truth = endoscope_view_mask(config, width, height)
     intrinsics = config.intrinsics
     rendered = list(render_sequence(config))
-    rows: list[dict[str, object]] = []
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         bag = Path(tmp) / 'flight'
         # Ground truth only inside the true view: both runs are scored on the same pixels.
