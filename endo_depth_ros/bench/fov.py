@@ -107,7 +107,7 @@ def _downstream_table(width: int, height: int, frames: int, seed: int, noise: fl
     truth = endoscope_view_mask(config, width, height)
     intrinsics = config.intrinsics
     rendered = list(render_sequence(config))
-    rows = []
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         bag = Path(tmp) / 'flight'
         # Ground truth only inside the true view: both runs are scored on the same pixels.
