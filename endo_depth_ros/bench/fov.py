@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> None:
             'min IoU (frames 5+)': f'{min(settled):.4f}',
             'mask changes after detection': changes, 'detections': fov.detections,
             'ms/update (median)': f'{statistics.median(times):.2f}',
+            'ms/update, detection frames (mean)': f'{statistics.mean(times[:5]):.1f}',
         })
     print_table(f'Field-of-view detection, {out_w}x{out_h}'
                 + (f' (rendered at {width}x{height})' if (out_w, out_h) != (width, height)
