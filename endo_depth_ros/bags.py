@@ -26,7 +26,7 @@ by :mod:`endo_depth_ros.encodings` (shared with the ROS node).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 import re
@@ -58,6 +58,12 @@ TOPIC_RIGHT_DEPTH = '/endoscope/right/depth_gt'
 TOPIC_KINEMATICS = '/endoscope/kinematics'
 RIGHT_CAMERA_FRAME = 'endoscope_right_optical_frame'
 KINEMATICS_FRAME = 'base'
+#: The endoscope's field of view: mono8, 255 inside (written once, by importers that know it).
+TOPIC_VIEW = '/endoscope/field_of_view'
+#: YAML facts about the ground truth, e.g. ``depth_units: relative`` (std_msgs/String).
+TOPIC_GT_INFO = '/endoscope/ground_truth_info'
+#: ``depth_units`` of ground truth: metres, or an unknown unit (SfM, normalised depth).
+GT_UNITS = ('metric', 'relative')
 #: Frame ids (REP-103 optical frame of the endoscope; ground-truth world).
 CAMERA_FRAME = 'endoscope_optical_frame'
 WORLD_FRAME = 'world'
@@ -70,8 +76,11 @@ CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 POSE_TYPE = 'geometry_msgs/msg/PoseStamped'
 POINT_CLOUD_TYPE = 'sensor_msgs/msg/PointCloud2'
 ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
+STRING_TYPE = 'std_msgs/msg/String'
 
 _NS_PER_S = 1_000_000_000
+#: Builds the camera of an image of (width, height) pixels when the recording has none.
+CameraGuess = Callable[[int, int], Intrinsics]
 #: Ground truth is paired with an image when their stamps differ by at most this (ns).
 DEFAULT_SYNC_TOLERANCE_NS = 1_000_000
 #: An image waits for its ground truth while at most this many later images are read.
@@ -223,6 +232,11 @@ class BagWriter:
                    frame_id: str = WORLD_FRAME) -> None:
         """``geometry_msgs/PoseStamped`` of a 4x4 ``T_frame_camera`` (metres)."""
         self._write(topic, stamp_ns, _pose(self._types, self._header(stamp_ns, frame_id), T))
+
+    def write_string(self, topic: str, stamp_ns: int, text: str) -> None:
+        """``std_msgs/String`` holding ``text`` (log time ``stamp_ns``; it has no header)."""
+        msg = self._types[STRING_TYPE](data=text)
+        self._write(topic, stamp_ns, msg)
 
     def write_cloud(self, topic: str, stamp_ns: int, cloud: PointCloud,
                     frame_id: str = CAMERA_FRAME) -> None:
@@ -405,6 +419,78 @@ def is_npz_folder(path: str | Path) -> bool:
             and any(path.glob('*.npz')))
 
 
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What a recording says about its ground truth and optics (importers write it).
+
+    Attributes:
+        gt_units: ``'metric'`` (depth and poses in metres) or ``'relative'`` (an unknown
+            unit: SfM reconstructions, normalised depth).
+        view: (H, W) bool field of view of the endoscope, or None when not recorded.
+    """
+
+    gt_units: str = 'metric'
+    view: np.ndarray | None = None
+
+
+def read_recording_info(path: str | Path) -> RecordingInfo:
+    """The ``TOPIC_GT_INFO`` and ``TOPIC_VIEW`` messages of a recording (defaults if absent).
+
+    npz folders give them as the arrays ``gt_units`` (a string) and ``view`` (bool) of
+    their first frame.
+
+    Raises:
+        BagError: unreadable recording or an invalid message.
+    """
+    path = Path(path)
+    if is_npz_folder(path):
+        data = _load_npz(_npz_files(path)[0])
+        units = str(data['gt_units']) if 'gt_units' in data else 'metric'
+        view = np.asarray(data['view'], dtype=bool) if 'view' in data else None
+        return RecordingInfo(_check_units(units, path), view)
+    units, view = 'metric', None
+    with _open_reader(path) as reader:
+        wanted = [c for c in reader.connections if c.topic in (TOPIC_GT_INFO, TOPIC_VIEW)]
+        if not wanted:  # (an empty selection would mean every connection to rosbags)
+            return RecordingInfo()
+        seen: set[str] = set()
+        for conn, _log_time, raw in _messages(reader, wanted, path):
+            if conn.topic in seen:
+                continue
+            seen.add(conn.topic)
+            msg = _deserialize(reader, raw, conn, path)
+            if conn.topic == TOPIC_GT_INFO:
+                units = _units_from_yaml(str(getattr(msg, 'data', '')), path)
+            else:
+                view = _decode_mono(msg, path) > 0
+            if len(seen) == len(wanted):
+                break
+    return RecordingInfo(units, view)
+
+
+def gt_info_yaml(gt_units: str) -> str:
+    """The text of a ``TOPIC_GT_INFO`` message."""
+    return f'depth_units: {gt_units}\n'
+
+
+def _units_from_yaml(text: str, path: Path) -> str:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise BagError(f'{path}: {TOPIC_GT_INFO} is not YAML: {_describe(err)}') from None
+    if not isinstance(data, dict):
+        raise BagError(f'{path}: {TOPIC_GT_INFO} must be a YAML mapping, got {text[:60]!r}.')
+    return _check_units(str(data.get('depth_units', 'metric')), path)
+
+
+def _check_units(units: str, path: Path) -> str:
+    if units not in GT_UNITS:
+        raise BagError(f'{path}: ground-truth depth_units {units!r} is not one of {GT_UNITS}.')
+    return units
+
+
 def detect_topics(path: str | Path, **overrides: str | None) -> BagTopics:
     """Find the image, camera info and ground-truth topics of a recording.
 
@@ -509,7 +595,8 @@ def _choose_topics(path: Path, types: dict[str, str],
                      kinematics=chosen['kinematics'])
 
 
-_AUX_IMAGE = re.compile(r'depth|disp|seg|mask|label|gt\b|ground_?truth|normal|flow',
+_AUX_IMAGE = re.compile(r'depth|disp|seg|mask|label|gt\b|ground_?truth|normal|flow|'
+                        r'field_of_view|fov',
                         re.IGNORECASE)
 _DEPTH_NAME = re.compile(r'depth', re.IGNORECASE)
 _SEG_NAME = re.compile(r'seg|mask|label', re.IGNORECASE)
@@ -541,7 +628,7 @@ def read_frames(
     start: int = 0,
     stop: int | None = None,
     stride: int = 1,
-    intrinsics: Intrinsics | None = None,
+    intrinsics: Intrinsics | CameraGuess | None = None,
     sync_tolerance_ns: int = DEFAULT_SYNC_TOLERANCE_NS,
 ) -> Iterator[BagFrame]:
     """Yield the frames of a recording with intrinsics and ground truth, in order.
@@ -576,7 +663,8 @@ def read_frames(
         yield from _read_npz(path, start, stop, stride, intrinsics)
         return
     if topics.camera_info is None and intrinsics is None:
-        raise BagError(f'{path}: no camera_info topic; pass the camera intrinsics explicitly.')
+        raise BagError(f'{path}: no camera_info topic; pass the camera intrinsics '
+                       '(--fx/--fy/--cx/--cy or --camera-info FILE.yaml).')
     yield from _read_bag(path, topics, start, stop, stride, intrinsics, sync_tolerance_ns)
 
 
@@ -590,7 +678,7 @@ class _Pending:
 
 
 def _read_bag(path: Path, topics: BagTopics, start: int, stop: int | None, stride: int,
-              fallback: Intrinsics | None, tolerance: int) -> Iterator[BagFrame]:
+              fallback: Intrinsics | CameraGuess | None, tolerance: int) -> Iterator[BagFrame]:
     extra = {'depth': topics.depth, 'pose': topics.pose, 'seg': topics.seg,
              'right': topics.right_image, 'right_info': topics.right_camera_info,
              'kinematics': topics.kinematics}
@@ -670,8 +758,10 @@ def _forget(truth: dict[str, dict[int, Any]], before_ns: int) -> None:
 
 
 def _finish(p: _Pending, truth: dict[str, dict[int, Any]], latest_info: Intrinsics | None,
-            fallback: Intrinsics | None, path: Path, tolerance: int) -> BagFrame:
-    info = _match(truth['camera_info'], p.stamp_ns, 0) or latest_info or fallback
+            fallback: Intrinsics | CameraGuess | None, path: Path, tolerance: int) -> BagFrame:
+    height, width = p.rgb.shape[:2]
+    info = (_match(truth['camera_info'], p.stamp_ns, 0) or latest_info
+            or (None if fallback is None else _guess(fallback, width, height, path)))
     if info is None:
         raise BagError(f'{path}: no camera_info before image {p.index} '
                        f'(stamp {p.stamp_ns} ns); pass the camera intrinsics explicitly.')
@@ -709,6 +799,17 @@ def _decode_right(truth: dict[str, dict[int, Any]], p: _Pending, path: Path,
     except BadInputError as err:
         raise BagError(f'{path}: right camera_info at stamp {stamp} ns: {err}') from None
     return rgb, baseline
+
+
+def _guess(fallback: Intrinsics | CameraGuess, width: int, height: int,
+           where: Path) -> Intrinsics:
+    """The camera given by the caller for an image of this size."""
+    if isinstance(fallback, Intrinsics):
+        return fallback
+    try:
+        return fallback(width, height)
+    except BadInputError as err:
+        raise BagError(f'{where}: {err}') from None
 
 
 # --------------------------------------------------------------------------- decoding
@@ -872,7 +973,7 @@ def _load_npz(file: Path) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path, start: int, stop: int | None, stride: int,
-              fallback: Intrinsics | None) -> Iterator[BagFrame]:
+              fallback: Intrinsics | CameraGuess | None) -> Iterator[BagFrame]:
     files = _npz_files(path)
     for index in range(start, len(files) if stop is None else min(stop, len(files)), stride):
         data = _load_npz(files[index])
@@ -889,9 +990,10 @@ def _read_npz(path: Path, start: int, stop: int | None, stride: int,
             except BadInputError as err:
                 raise BagError(f'{files[index]}: {err}') from None
         elif fallback is not None:
-            intrinsics = fallback
+            intrinsics = _guess(fallback, width, height, files[index])
         else:
-            raise BagError(f'{files[index]}: no "K" array; pass the camera intrinsics.')
+            raise BagError(f'{files[index]}: no "K" array; pass the camera intrinsics '
+                           '(--fx/--fy/--cx/--cy or --camera-info FILE.yaml).')
         depth = data.get('depth')
         seg = data.get('seg')
         pose = data.get('pose')

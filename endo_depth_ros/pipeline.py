@@ -31,6 +31,7 @@ from endo_depth_ros import models
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, ConfigError
 from endo_depth_ros.geometry import CloudConfig, PointCloud, make_cloud
+from endo_depth_ros.masks import FieldOfView, FieldOfViewConfig
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig, PoseEstimate, VisualOdometry
 from endo_depth_ros.scale import MetricScale, ScaleConfig, StereoPair
@@ -90,6 +91,7 @@ class PipelineConfig:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
 
 
 @dataclass
@@ -111,6 +113,8 @@ class FrameResult:
         scale: scale of the alignment applied to ``raw``.
         shift: shift of the alignment applied to ``raw``.
         timings_ms: wall time per stage (keys from ``STAGES``), milliseconds.
+        view: (H, W) bool field of view of the endoscope (``masks``); ``raw``, ``depth``
+            and the cloud are NaN / empty outside it. None: every pixel is in view.
     """
 
     index: int
@@ -126,6 +130,7 @@ class FrameResult:
     scale: float = 1.0
     shift: float = 0.0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    view: np.ndarray | None = None
 
     @property
     def points(self) -> np.ndarray | None:
@@ -151,6 +156,7 @@ class _InFlight:
     timings_ms: dict[str, float]
     estimate: PoseEstimate | None = None
     stereo: StereoPair | None = None
+    view: np.ndarray | None = None
 
 
 class Pipeline:
@@ -172,6 +178,7 @@ class Pipeline:
         self.aligner = TemporalAligner(self.config.alignment)
         self.odometry = VisualOdometry(self.config.odometry)
         self.scale = MetricScale(self.config.scale)
+        self.field_of_view = FieldOfView(self.config.field_of_view)
         self._windowed = self.config.alignment.mode == 'window'
         # Window mode: a stream aligner gives each frame a depth on arrival (for odometry).
         self._provisional = (TemporalAligner(replace(self.config.alignment, mode='stream',
@@ -235,6 +242,10 @@ class Pipeline:
         start = time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
         self._pad_model_time(start)
+        view = self.field_of_view.update(rgb)
+        if view is not None:
+            # The network's guesses for the dark surround must reach no later stage.
+            raw = np.where(view, raw, np.float32(np.nan)).astype(np.float32, copy=False)
         timings['model'] = _ms_since(start)
 
         results: list[FrameResult] = []
@@ -249,15 +260,15 @@ class Pipeline:
         self._next_index += 1
 
         if not self._windowed:
-            estimate = self._track(rgb, intrinsics, compute_pose, timings)
+            estimate = self._track(rgb, intrinsics, compute_pose, timings, view)
             start = time.perf_counter()
             aligned = self.aligner.push(
                 raw, output_kind=self.model.output_kind,
                 pose=estimate.pose if estimate is not None and estimate.valid else None,
-                intrinsics=intrinsics, stamp_ns=stamp_ns)
+                intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
             timings['alignment'] = _ms_since(start)
             frame = _InFlight(stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose,
-                              timings, stereo=stereo)
+                              timings, stereo=stereo, view=view)
             for out in aligned:
                 results.append(self._finish(index, frame, out, estimate))
             return results
@@ -265,7 +276,7 @@ class Pipeline:
         # Window mode: odometry runs as each frame arrives, on a provisional depth (the
         # frame aligned online, as in stream mode), so that the window fits get poses and
         # can reproject their references instead of mistaking motion for scale changes.
-        estimate = self._track(rgb, intrinsics, compute_pose, timings)
+        estimate = self._track(rgb, intrinsics, compute_pose, timings, view)
         pose = None
         if estimate is not None:
             start = time.perf_counter()
@@ -274,10 +285,10 @@ class Pipeline:
             pose = estimate.pose if estimate.valid else None
         self._in_flight[index] = _InFlight(
             stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate,
-            stereo)
+            stereo, view)
         start = time.perf_counter()
         aligned = self.aligner.push(raw, output_kind=self.model.output_kind, pose=pose,
-                                    intrinsics=intrinsics, stamp_ns=stamp_ns)
+                                    intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
         # The window's alignment cost is charged to the frame that triggered it.
         timings['alignment'] = timings.get('alignment', 0.0) + _ms_since(start)
         results.extend(self._finish_windowed(aligned))
@@ -303,9 +314,11 @@ class Pipeline:
         return results
 
     def reset(self) -> None:
-        """Forget the stream (buffers, keyframes, odometry, stamp order); keep the model."""
+        """Forget the stream (buffers, keyframes, odometry, stamp order, field of view);
+        keep the model."""
         self._restart()
         self._camera = None
+        self.field_of_view.reset()
 
     def add_kinematics(self, stamp_ns: int, pose: np.ndarray) -> None:
         """One sample of the robot's camera pose ``T_base_camera`` (4x4, metres).
@@ -352,11 +365,11 @@ class Pipeline:
             time.sleep(remaining)
 
     def _track(self, rgb: np.ndarray, intrinsics: Intrinsics, compute_pose: bool,
-               timings: dict[str, float]) -> PoseEstimate | None:
+               timings: dict[str, float], view: np.ndarray | None) -> PoseEstimate | None:
         if not compute_pose or not self.config.odometry.enabled:
             return None
         start = time.perf_counter()
-        estimate = self.odometry.track(rgb, intrinsics)
+        estimate = self.odometry.track(rgb, intrinsics, view=view)
         timings['odometry'] = _ms_since(start)
         self._last_pose = estimate
         return estimate
@@ -364,12 +377,14 @@ class Pipeline:
     def _finish(self, index: int, frame: _InFlight, aligned: AlignedFrame,
                 estimate: PoseEstimate | None, *, reference: bool = True) -> FrameResult:
         """Attach the aligned depth to odometry (``reference``) and build the cloud."""
+        depth = aligned.depth
+        if frame.view is not None:
+            depth = np.where(frame.view, depth, np.float32(np.nan)).astype(np.float32, copy=False)
         if estimate is not None and reference:
             # The reference depth must be the aligned one, so odometry and clouds share scale.
             start = time.perf_counter()
-            self.odometry.set_reference_depth(aligned.depth)
+            self.odometry.set_reference_depth(depth)
             frame.timings_ms['odometry'] += _ms_since(start)
-        depth = aligned.depth
         if self.scale.active:
             # Depth, cloud and pose translations all take the same metric scale.
             start = time.perf_counter()
@@ -379,13 +394,14 @@ class Pipeline:
         cloud = None
         if frame.compute_points:
             start = time.perf_counter()
-            cloud = make_cloud(depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb)
+            cloud = make_cloud(depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb,
+                               mask=frame.view)
             frame.timings_ms['geometry'] = _ms_since(start)
         return FrameResult(
             index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
             raw=frame.raw, output_kind=self.model.output_kind, depth=depth, cloud=cloud,
             pose=estimate, fallback=bool(aligned.fallback), scale=float(aligned.scale),
-            shift=float(aligned.shift), timings_ms=frame.timings_ms)
+            shift=float(aligned.shift), timings_ms=frame.timings_ms, view=frame.view)
 
     def _finish_windowed(self, aligned: list[AlignedFrame]) -> list[FrameResult]:
         results = []

@@ -84,7 +84,8 @@ def write_report(
         lines.append(f'- bag: `{bag}`')
     for key, value in settings.items():
         lines.append(f'- {key}: `{value}`')
-    lines += ['', markdown_table(results), '', _UNITS_NOTE, '']
+    note = _UNITS_NOTE if all(r.gt_units == 'metric' for r in results) else _RELATIVE_NOTE
+    lines += ['', markdown_table(results), '', note, '']
     live = [r for r in results if r.mode == 'live']
     if live:
         lines += ['## Live replay', '', live_table(live), '']
@@ -109,8 +110,18 @@ _UNITS_NOTE = (
     'without output are dropped from the means).')
 
 
+_RELATIVE_NOTE = (
+    'Some ground truth is scale-free (gt units "relative"): SqRel and RMSE are in its own '
+    'units ("u"), never metres; ATE is given as a percentage of the ground-truth path length '
+    'and RPE translation as a percentage of the mean ground-truth step (metric runs: mm). '
+    'AbsRel, RMSE log and δ are unitless; TAE = temporal alignment error ×100; RPE rotation '
+    'in degrees per frame. Frames: scored / total.')
+
+
 def markdown_table(results: Sequence[RunResult]) -> str:
     """The papers' table, one row per run (Markdown)."""
+    if any(r.gt_units != 'metric' for r in results):
+        return _unit_aware_table(results)
     multi_bag = len(_unique([r.bag for r in results])) > 1
     header = ['Model', 'Align', 'AbsRel ↓', 'SqRel (mm) ↓', 'RMSE (mm) ↓', 'RMSE log ↓',
               'δ<1.25 ↑', 'δ<1.25² ↑', 'δ<1.25³ ↑', 'TAE ↓', 'ATE (mm) ↓',
@@ -133,6 +144,33 @@ def markdown_table(results: Sequence[RunResult]) -> str:
         if multi_bag:
             row.insert(0, Path(r.bag).name)
         rows.append(row)
+    return _markdown(header, rows)
+
+
+def _unit_aware_table(results: Sequence[RunResult]) -> str:
+    """The table when some ground truth is scale-free: every cell carries its unit."""
+    header = ['Bag', 'Model', 'Align', 'AbsRel ↓', 'SqRel ↓', 'RMSE ↓', 'RMSE log ↓',
+              'δ<1.25 ↑', 'TAE ↓', 'ATE ↓', 'RPE ↓', 'Frames', 'ms/frame']
+    rows = []
+    for r in results:
+        s = r.summary
+        metric = r.gt_units == 'metric'
+        factor, unit = (1e3, ' mm') if metric else (1.0, ' u')
+
+        def with_unit(key: str, digits: int, factor: float = factor, unit: str = unit,
+                      s: dict[str, float | None] = s) -> str:
+            text = _fmt(s.get(key), digits, factor)
+            return text if text == _DASH else text + unit
+        if metric:
+            ate, rpe = with_unit('ate', 2), with_unit('rpe_trans', 3)
+        else:
+            ate = with_unit('ate_rel', 2, 100.0, ' % path')
+            rpe = with_unit('rpe_rel', 1, 100.0, ' % step')
+        rows.append([Path(r.bag).name, r.model + (' (live)' if r.mode == 'live' else ''),
+                     r.align, _fmt(s.get('abs_rel'), 3), with_unit('sq_rel', 3),
+                     with_unit('rmse', 3 if not metric else 2), _fmt(s.get('rmse_log'), 3),
+                     _fmt(s.get('a1'), 3), _fmt(s.get('tae'), 2), ate, rpe,
+                     f'{r.frames_scored} / {r.frames_total}', _fmt(s.get('ms_per_frame'), 1)])
     return _markdown(header, rows)
 
 
@@ -197,13 +235,18 @@ def write_results_json(
             'frames_total': r.frames_total, 'frames_scored': r.frames_scored,
             'frames_dropped': r.frames_dropped, 'fallbacks': r.fallbacks,
             'has_gt_depth': r.has_gt_depth, 'has_gt_pose': r.has_gt_pose,
+            'gt_units': r.gt_units, 'depth_range': list(r.depth_range),
             'metrics': r.summary, 'stage_ms': r.stage_ms, 'per_frame': r.per_frame,
             'trajectory': None if r.trajectory_est is None or r.trajectory_gt is None else {
                 'est_aligned_m': r.trajectory_est.tolist(), 'gt_m': r.trajectory_gt.tolist()},
         })
     doc = {
         'units': {'depth': 'm', 'sq_rel': 'm', 'rmse': 'm', 'ate': 'm', 'rpe_trans': 'm',
-                  'rpe_rot': 'deg', 'tae': 'AbsRel x100', 'runtime': 'ms'},
+                  'rpe_rot': 'deg', 'tae': 'AbsRel x100', 'runtime': 'ms',
+                  'ate_rel': 'fraction of the ground-truth path length',
+                  'rpe_rel': 'fraction of the mean ground-truth step',
+                  'note': "runs with gt_units 'relative': lengths in the ground truth's "
+                          'own units, not metres'},
         'settings': settings or {},
         'runs': runs,
     }
@@ -262,13 +305,19 @@ def plot_contact_sheet(result: RunResult, path: str | Path) -> None:
         for col, image in enumerate(images):
             ax = axes[row, col]
             ax.imshow(image, interpolation='nearest')
+            if sample.view is not None and not sample.view.all():
+                # The field of view every metric is restricted to.
+                ax.contour(sample.view.astype(np.float32), levels=[0.5], colors='white',
+                           linewidths=0.8, linestyles='dashed')
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize='small')
         axes[row, 0].set_ylabel(f'frame {sample.index}', fontsize='small')
+    view_note = ('; dashed: field of view'
+                 if any(s.view is not None and not s.view.all() for s in samples) else '')
     fig.suptitle(f'{result.label} ({result.protocol} scoring; depth colours '
-                 'turbo, near = red)', fontsize='small')
+                 f'turbo, near = red{view_note})', fontsize='small')
     fig.savefig(path, dpi=100)
 
 

@@ -11,6 +11,7 @@ from endo_depth_ros.cli.common import run_cli
 
 TOPICS = {
     'synth': 'synthetic video rendering, frames/s',
+    'fov': 'field-of-view detection: IoU and stability over a flight, ms per frame',
     'models': 'depth model backends, ms/frame',
     'align': 'temporal alignment, ms/frame vs model time',
     'geometry': 'depth to point cloud, ms/frame vs model time',

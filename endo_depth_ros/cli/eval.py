@@ -23,6 +23,8 @@ from typing import Any
 from tqdm import tqdm
 
 from endo_depth_ros import evaluation, metrics, outputs, report
+from endo_depth_ros.bags import CameraGuess
+from endo_depth_ros.camera import Intrinsics, load_camera_info_yaml, pinhole_for_size
 from endo_depth_ros.cli.common import run_cli
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.scale import ScaleConfig
@@ -88,16 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('scoring')
     group.add_argument('--protocol', choices=metrics.PROTOCOLS, default='median',
                        help='alignment used for scoring (default median)')
-    group.add_argument('--min-depth', type=float, default=metrics.DEFAULT_MIN_DEPTH,
-                       help='evaluation range minimum in metres (default 0.001)')
-    group.add_argument('--max-depth', type=float, default=metrics.DEFAULT_MAX_DEPTH,
-                       help='evaluation range cap in metres (default 0.15)')
+    group.add_argument('--min-depth', type=float, default=None,
+                       help='evaluation range minimum in ground-truth units (default 0.001 m; '
+                            "scale-free ground truth: its own minimum)")
+    group.add_argument('--max-depth', type=float, default=None,
+                       help='evaluation range cap in ground-truth units (default 0.15 m; '
+                            "scale-free ground truth: its own maximum)")
+    group.add_argument('--gt-units', choices=('auto', 'metric', 'relative'), default='auto',
+                       help="ground-truth units: 'relative' for scale-free ground truth (SfM); "
+                            'default auto = what the recording says, else metric')
+    group.add_argument('--fov', choices=('auto', 'off'), default='auto',
+                       help="endoscope field-of-view mask: 'auto' detects it (or uses the "
+                            "recording's), 'off' scores every pixel (default auto)")
     group.add_argument('--start', type=int, default=0, help='first frame (default 0)')
     group.add_argument('--frames', type=int, default=0,
                        help='number of frames to use, 0 = all (default 0)')
     group.add_argument('--stride', type=int, default=1, help='use every N-th frame')
     group.add_argument('--contact-frames', type=int, default=4,
                        help='frames on the contact sheet (default 4)')
+    group = parser.add_argument_group(
+        'camera (for recordings without camera info, e.g. EndoSynth samples)')
+    for name in ('fx', 'fy', 'cx', 'cy'):
+        group.add_argument(f'--{name}', type=float, metavar='PX',
+                           help=f'{name} in pixels (give all four)')
+    group.add_argument('--camera-info', metavar='FILE.yaml',
+                       help='ROS camera_info YAML (camera_calibration format)')
     group = parser.add_argument_group('topics (auto-detected by type and name)')
     for name in ('image', 'camera-info', 'depth', 'pose'):
         group.add_argument(f'--{name}-topic', metavar='TOPIC')
@@ -126,15 +143,45 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     base = replace(base, model=replace(base.model, device=args.device,
                                        input_size=args.input_size))
     base = replace(base, scale=scale_config(args.scale_source, args.scale_param))
+    if args.fov == 'off':
+        base = replace(base, field_of_view=replace(base.field_of_view, mode='off'))
     topics = {key: value for key, value in (
         ('image', args.image_topic), ('camera_info', args.camera_info_topic),
         ('depth', args.depth_topic), ('pose', args.pose_topic)) if value}
     return evaluation.EvalConfig(
         models=tuple(args.models or [evaluation.ModelSpec('photometric')]),
         align_modes=tuple(dict.fromkeys(args.align_modes or ['stream'])),
-        protocol=args.protocol, min_depth=args.min_depth, max_depth=args.max_depth,
+        protocol=args.protocol,
+        min_depth=metrics.DEFAULT_MIN_DEPTH if args.min_depth is None else args.min_depth,
+        max_depth=metrics.DEFAULT_MAX_DEPTH if args.max_depth is None else args.max_depth,
+        range_from_gt=args.min_depth is None and args.max_depth is None,
         start=args.start, frames=args.frames, stride=args.stride, pipeline=base,
-        topics=topics, contact_frames=args.contact_frames)
+        topics=topics, contact_frames=args.contact_frames, gt_units=args.gt_units,
+        camera=camera_from_args(args))
+
+
+def camera_from_args(args: argparse.Namespace) -> Intrinsics | CameraGuess | None:
+    """The camera given on the command line (None: use the recording's).
+
+    Raises:
+        ConfigError: only some of --fx/--fy/--cx/--cy, or both them and --camera-info.
+        BadInputError: an unreadable or malformed --camera-info file.
+    """
+    values = [args.fx, args.fy, args.cx, args.cy]
+    given = [v is not None for v in values]
+    if any(given) and not all(given):
+        missing = [f'--{n}' for n, g in zip(('fx', 'fy', 'cx', 'cy'), given, strict=True)
+                   if not g]
+        raise ConfigError(f'--fx, --fy, --cx and --cy go together; missing {", ".join(missing)}.')
+    if all(given) and args.camera_info:
+        raise ConfigError('Give either --fx/--fy/--cx/--cy or --camera-info, not both.')
+    if args.camera_info:
+        return load_camera_info_yaml(args.camera_info)
+    if all(given):
+        if args.fx <= 0 or args.fy <= 0:
+            raise ConfigError(f'--fx and --fy must be positive, got {args.fx}, {args.fy}.')
+        return pinhole_for_size(args.fx, args.fy, args.cx, args.cy)
+    return None
 
 
 def scale_config(source: str, params: Sequence[str]) -> ScaleConfig:
@@ -172,8 +219,10 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     progress = progress_factory(not args.no_progress)
     settings: dict[str, object] = {
-        'protocol': config.protocol, 'min_depth_m': config.min_depth,
-        'max_depth_m': config.max_depth, 'start': config.start, 'frames': config.frames,
+        'protocol': config.protocol, 'gt_units': config.gt_units,
+        'min_depth_m': config.min_depth, 'max_depth_m': config.max_depth,
+        'range_from_scale_free_gt': config.range_from_gt,
+        'start': config.start, 'frames': config.frames,
         'stride': config.stride, 'mode': 'live' if args.live else 'offline',
     }
     # Fail before the (long) evaluation rather than when writing its report.

@@ -62,6 +62,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from endo_depth_ros.cli.common import EXIT_USAGE
 from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
+from endo_depth_ros.masks import FieldOfViewConfig
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
@@ -91,6 +92,7 @@ _SECTIONS: tuple[tuple[str, type, bool], ...] = (
     ('geometry', CloudConfig, True),
     ('odometry', OdometryConfig, False),
     ('scale', ScaleConfig, False),
+    ('field_of_view', FieldOfViewConfig, False),
 )
 
 ParameterValue = bool | int | float | str | list[float] | list[int] | list[str] | list[bool]
@@ -167,7 +169,7 @@ def pipeline_config_from_parameters(values: dict[str, Any]) -> PipelineConfig:
         parts[prefix] = _build_section(prefix, cls, values)
     return PipelineConfig(model=parts['model'], alignment=parts['alignment'],
                           cloud=parts['geometry'], odometry=parts['odometry'],
-                          scale=parts['scale'])
+                          scale=parts['scale'], field_of_view=parts['field_of_view'])
 
 
 @dataclass(frozen=True)

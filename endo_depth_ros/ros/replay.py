@@ -48,6 +48,7 @@ from endo_depth_ros.evaluation import (
     Progress,
     ProgressFactory,
     RunResult,
+    config_for_recording,
     progress_bar,
     score_records,
 )
@@ -137,6 +138,7 @@ def evaluate_live(
     for spec in config.models:
         for path in bag_paths:
             topics = bags.detect_topics(path, **config.topics)
+            run_config = config_for_recording(config, bags.read_recording_info(path), path)
             frames = list(bags.read_frames(path, topics, start=config.start, stop=config.stop,
                                            stride=config.stride))
             if not frames:
@@ -146,7 +148,7 @@ def evaluate_live(
                 with progress_bar(progress, f'{Path(path).name} {spec.label}/{align} (live)',
                                   len(frames)) as bar:
                     results.append(_replay_run(path, topics, frames, messages, compressed, spec,
-                                               align, config, rate, node_params, bar))
+                                               align, run_config, rate, node_params, bar))
     return results
 
 

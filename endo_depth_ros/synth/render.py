@@ -20,6 +20,7 @@ from endo_depth_ros.synth.instrument import (
 )
 from endo_depth_ros.synth.lumen import CHUNK, Lumen, rotate_rays
 from endo_depth_ros.synth.texture import TissueTexture, make_texture
+from endo_depth_ros.synth.view import apply_endoscope_view
 
 #: Segmentation labels.
 TISSUE, INSTRUMENT = 0, 1
@@ -109,7 +110,10 @@ class Scene:
                              eye_offset_m=baseline) if baseline > 0 else None)
         kinematic = (stereo.kinematic_pose(self, index) if cfg.kinematics_noise_m >= 0
                      else None)
-        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=view.rgb,
+        rgb = view.rgb
+        if cfg.view_circle or cfg.jpeg_quality:
+            rgb = apply_endoscope_view(rgb, cfg, index)
+        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=rgb,
                           depth=view.depth, seg=view.seg, pose=pose, intrinsics=intrinsics,
                           right=right, baseline_m=baseline, kinematic_pose=kinematic)
 
