@@ -10,6 +10,7 @@ import numpy as np
 
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import ConfigError
+from endo_depth_ros.synth.camera_effects import CameraEffects
 
 #: First stamp of a sequence (2023-11-14T22:13:20Z): a plausible wall-clock time, not 0.
 DEFAULT_START_NS = 1_700_000_000_000_000_000
@@ -49,6 +50,9 @@ class SynthConfig:
         noise: standard deviation of the sensor noise at mid grey (fraction of full scale).
         max_depth_m: rays that hit nothing closer are invalid (depth NaN, black).
         start_ns: stamp of frame 0 (int nanoseconds).
+        camera: nuisances of a real endoscope camera (auto-exposure, white balance, motion
+            blur, specular flashes, compression; all off by default, see
+            ``camera_effects.py``).
     """
 
     width: int = 320
@@ -78,6 +82,7 @@ class SynthConfig:
     noise: float = 0.012
     max_depth_m: float = 0.3
     start_ns: int = DEFAULT_START_NS
+    camera: CameraEffects = field(default_factory=CameraEffects)
 
     def __post_init__(self) -> None:
         _positive_int(self, 'width', 'height', 'frames')
@@ -107,6 +112,8 @@ class SynthConfig:
                 f'got {self.wobble}.')
         if isinstance(self.start_ns, bool) or not isinstance(self.start_ns, int | np.integer):
             raise ConfigError(f'start_ns must be an integer, got {self.start_ns!r}.')
+        if not isinstance(self.camera, CameraEffects):
+            raise ConfigError(f'camera must be a CameraEffects, got {self.camera!r}.')
 
     @classmethod
     def straight_tube(cls, radius_mm: float = 20.0, **overrides: Any) -> SynthConfig:

@@ -207,8 +207,9 @@ class Scene:
 
     def _sensor(self, radiance: np.ndarray, intrinsics: Intrinsics, index: float,
                 mask: np.ndarray | None) -> np.ndarray:
-        """Vignetting, tone curve, blur, noise and 8-bit quantisation."""
+        """Camera effects, vignetting, tone curve, blur, noise, 8-bit quantisation."""
         cfg = self.config
+        radiance = cfg.camera.apply_radiance(radiance, index, cfg.seed)
         radiance *= self._vignetting(intrinsics)[..., None]
         # Film-like shoulder: close tissue saturates softly as in real endoscopes.
         image = np.float32(1.0) - np.exp(-radiance)
@@ -220,7 +221,7 @@ class Scene:
         rgb = np.clip(image * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8)
         if mask is not None:
             rgb[~mask] = 0
-        return rgb
+        return cfg.camera.apply_image(rgb)
 
     def _vignetting(self, intrinsics: Intrinsics) -> np.ndarray:
         """(H, W) float32 radial fall-off ``cos(angle to the axis) ** (4 * vignetting)``."""
