@@ -33,6 +33,7 @@ from endo_depth_ros import bags, metrics, models
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
+from endo_depth_ros.models.base import OutputKind
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
 
 
@@ -236,7 +237,7 @@ class GroundTruthModel(DepthModel):
     """
 
     name = ORACLE
-    output_kind = 'metric_depth'
+    output_kind: OutputKind = 'metric_depth'
     device = 'cpu'
     precision = 'fp32'
     backend = 'oracle'

@@ -59,7 +59,7 @@ class AlignmentConfig:
         robust_iterations: most passes of the outlier-rejecting loop (it stops earlier
             once converged).
         blend: weight of the pose-warped previous output mixed into each new one
-            (0: off; output only, see ``fusion.py``).
+            (0: off; output only, only for frames with a pose, see ``fusion.py``).
         blend_tolerance: relative disparity difference above which a pixel keeps its new
             value (occlusions, instruments, misregistration).
         hold_shift: stable models: keep the first frame's shift and follow the scale only.
