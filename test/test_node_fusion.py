@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from ros_harness import RosTestNode  # noqa: E402
-from test_node import Player, start_node, synthetic_frames, unique_namespace  # noqa: E402
+from ros_harness import RosTestNode
+from test_node import Player, start_node, synthetic_frames, unique_namespace
 
-from endo_depth_ros import models  # noqa: E402
-from endo_depth_ros.ros import conversions  # noqa: E402
-from endo_depth_ros.temporal import to_disparity  # noqa: E402
+from endo_depth_ros import models
+from endo_depth_ros.ros import conversions
+from endo_depth_ros.temporal import to_disparity
 
 
 def _affine_residual(raw: np.ndarray, published_depth: np.ndarray) -> float:
