@@ -33,6 +33,7 @@ from endo_depth_ros import bags, metrics, models, outputs
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
+from endo_depth_ros.models.base import OutputKind
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
 from endo_depth_ros.scale import StereoPair
 
@@ -228,9 +229,13 @@ class RunResult:
     ``summary`` holds the headline numbers (``None`` when not computable):
     ``abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3`` (frame means; metres where a unit
     applies), ``tae`` (×100), ``ate`` (m, Sim(3)), ``ate_se3`` (m), ``traj_scale``,
-    ``rpe_trans`` (m), ``rpe_rot`` (deg), ``ms_per_frame``, ``fps``, ``ate_rel`` and
-    ``rpe_rel`` (ATE / ground-truth path length, RPE / mean ground-truth step; the
-    trajectory scores of scale-free ground truth), and in live mode
+    ``rpe_trans`` (m), ``rpe_rot`` (deg), ``rpe_rot_identity`` (deg: RPE rotation of a
+    trajectory that never rotates, the baseline a rotation estimate must beat), ``ate_rel``
+    and ``rpe_rel`` (ATE / ground-truth path length, RPE / mean ground-truth step; the
+    trajectory scores of scale-free ground truth), truth-referenced temporal consistency
+    (``ratio_error_gap1/5/10/20``, ``ratio_static_gapK``, ``scale_drift_max``,
+    ``scale_drift_end``, ``abs_rel_seq``; see ``_score_truth_consistency``),
+    ``ms_per_frame``, ``fps``, and in live mode
     ``latency_p50_ms``, ``latency_p95_ms``, ``drop_rate``, ``output_rate_hz``.
     ``per_frame`` holds lists aligned with ``per_frame['index']`` (TAE per pair is
     stored at the later frame of the pair, NaN/None elsewhere).
@@ -272,7 +277,7 @@ class GroundTruthModel(DepthModel):
     """
 
     name = ORACLE
-    output_kind = 'metric_depth'
+    output_kind: OutputKind = 'metric_depth'
     device = 'cpu'
     precision = 'fp32'
     backend = 'oracle'
@@ -576,6 +581,7 @@ def score_records(
         finite = pairs[np.isfinite(pairs)]
         summary['tae'] = float(finite.mean()) if finite.size else None
 
+    _score_truth_consistency(scored, intrinsics, config, summary, per_frame, position)
     _score_trajectory(result, records, summary, per_frame, position)
 
     runtimes = [r.runtime_ms for r in records if r.runtime_ms is not None]
@@ -595,6 +601,60 @@ def score_records(
     return result
 
 
+def _score_truth_consistency(
+    scored: Sequence[tuple[FrameRecord, np.ndarray, np.ndarray]],
+    intrinsics: Intrinsics | None,
+    config: EvalConfig,
+    summary: dict[str, float | None],
+    per_frame: dict[str, list[float | int | None]],
+    position: dict[int, int],
+) -> None:
+    """Temporal consistency judged against the truth (TAE only checks self-consistency).
+
+    Under one alignment per sequence (the protocol's sequence variant, as for TAE):
+    ``ratio_error_gapK`` (median |log predicted - log true depth ratio| of points seen K
+    frames apart; ``ratio_static_gapK`` is the same for a "no change" prediction),
+    ``scale_drift_max`` / ``scale_drift_end`` (``metrics.scale_drift``) and per-frame
+    ``abs_rel_seq`` (AbsRel under the sequence alignment, its mean in the summary).
+    """
+    lo, hi = config.min_depth, config.max_depth
+    keys = ['abs_rel_seq', 'scale_drift_max', 'scale_drift_end']
+    for gap in metrics.RATIO_GAPS:
+        keys += [f'ratio_error_gap{gap}', f'ratio_static_gap{gap}']
+    summary.update(dict.fromkeys(keys))
+    if not scored:
+        return
+    protocol = 'sequence-median' if config.protocol == 'median' else config.protocol
+    fits = metrics.fit_alignment([p for _, p, _ in scored], [g for _, _, g in scored],
+                                 protocol, min_depth=lo, max_depth=hi)
+    depths = [np.full(p.shape, np.nan, np.float32) if f is None else f.apply(p)
+              for (_, p, _), f in zip(scored, fits, strict=True)]
+    gts = [g for _, _, g in scored]
+    n = len(per_frame['index'])
+    abs_rel: list[float | int | None] = [None] * n
+    for (record, _, gt), depth in zip(scored, depths, strict=True):
+        err = metrics.depth_errors(gt, depth, min_depth=lo, max_depth=hi)
+        abs_rel[position[id(record)]] = None if err is None else err['abs_rel']
+    per_frame['abs_rel_seq'] = abs_rel
+    values = [v for v in abs_rel if v is not None]
+    summary['abs_rel_seq'] = float(np.mean(values)) if values else None
+    relative, _ = metrics.per_frame_scales(depths, gts, min_depth=lo, max_depth=hi)
+    scale_column: list[float | int | None] = [None] * n
+    for (record, _, _), r in zip(scored, relative, strict=True):
+        scale_column[position[id(record)]] = float(r) if np.isfinite(r) else None
+    per_frame['scale_ratio'] = scale_column
+    summary['scale_drift_max'], summary['scale_drift_end'] = metrics.scale_drift(relative)
+    posed = [(i, r.gt_pose) for i, (r, _, _) in enumerate(scored) if r.gt_pose is not None]
+    if intrinsics is None or len(posed) < 2:
+        return
+    for gap in metrics.RATIO_GAPS:
+        ratio = metrics.depth_ratio_errors(
+            [depths[i] for i, _ in posed], [gts[i] for i, _ in posed],
+            [pose for _, pose in posed], intrinsics, gap, min_depth=lo, max_depth=hi)
+        summary[f'ratio_error_gap{gap}'] = ratio.median
+        summary[f'ratio_static_gap{gap}'] = ratio.static_median
+
+
 def _score_trajectory(
     result: RunResult,
     records: Sequence[FrameRecord],
@@ -603,8 +663,8 @@ def _score_trajectory(
     position: dict[int, int],
 ) -> None:
     """ATE (Sim(3) and SE(3)) and RPE on frames with both a valid estimate and ground truth."""
-    for key in ('ate', 'ate_se3', 'traj_scale', 'rpe_trans', 'rpe_rot', 'path_length',
-                'ate_rel', 'rpe_rel'):
+    for key in ('ate', 'ate_se3', 'traj_scale', 'rpe_trans', 'rpe_rot', 'rpe_rot_identity',
+                'path_length', 'ate_rel', 'rpe_rel'):
         summary[key] = None
     both = [(r, r.est_pose, r.gt_pose) for r in records
             if r.est_pose is not None and r.gt_pose is not None]
@@ -621,6 +681,9 @@ def _score_trajectory(
     trans, rot = metrics.relative_pose_error(est, gt, scale=s)
     summary['rpe_trans'] = float(trans.mean())
     summary['rpe_rot'] = float(rot.mean())
+    # The baseline "no rotation at all": RPE rotation of identity rotations is the true one.
+    _, identity_rot = metrics.relative_pose_error(np.broadcast_to(np.eye(4), gt.shape), gt)
+    summary['rpe_rot_identity'] = float(identity_rot.mean())
     column: list[float | int | None] = [None] * len(records)
     for (record, _, _), err in zip(both, errors, strict=True):
         column[position[id(record)]] = float(err)

@@ -14,6 +14,9 @@ benchmarks) scores the same way:
   endoscopy evaluations such as EndoDAV);
 - the temporal alignment error (``temporal_alignment_error``, Video Depth Anything's TAE)
   built on ``reproject_depth`` (nearest-pixel z-buffer);
+- truth-referenced temporal consistency: ``depth_ratio_errors`` (does the predicted
+  change of a point's depth over k frames match the true change?) and
+  ``per_frame_scales`` / ``scale_drift`` (does the best scale drift over the sequence?);
 - trajectory errors: ``umeyama_alignment``, ``absolute_trajectory_error`` and
   ``relative_pose_error``.
 
@@ -489,6 +492,206 @@ def _reprojected_abs_rel(
         return None
     r = ref[valid].astype(np.float64)
     return float(np.mean(np.abs(warped[valid] - r) / r))
+
+
+# ------------------------------------------------------- temporal consistency vs the truth
+
+#: Frame gaps of the truth-referenced depth-ratio error (``depth_ratio_errors``).
+RATIO_GAPS = (1, 5, 10, 20)
+#: A ground-truth point counts as seen again in frame t+k when the ground truth there (if
+#: any) agrees with the point's transformed depth within this relative tolerance.
+VISIBILITY_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class RatioErrors:
+    """Truth-referenced depth-ratio errors of one frame gap (``depth_ratio_errors``).
+
+    Attributes:
+        gap: frame gap k.
+        errors: (M,) |log(pred ratio) - log(true ratio)| of every sampled point (pooled
+            over all pairs (t, t+k)); the ratio is a point's depth in frame t+k over its
+            depth in frame t.
+        static: (M,) |log(true ratio)|: the error of predicting "no change" (ratio 1).
+        pairs: pairs (t, t+k) with at least one point.
+    """
+
+    gap: int
+    errors: np.ndarray
+    static: np.ndarray
+    pairs: int
+
+    @property
+    def median(self) -> float | None:
+        """Median error over points, None without points."""
+        return float(np.median(self.errors)) if self.errors.size else None
+
+    @property
+    def static_median(self) -> float | None:
+        """Median of the "no change" error over the same points, None without points."""
+        return float(np.median(self.static)) if self.static.size else None
+
+
+def depth_ratio_errors(
+    depths: DepthStack,
+    gts: DepthStack,
+    poses: Sequence[np.ndarray] | np.ndarray,
+    intrinsics: Intrinsics,
+    gap: int,
+    *,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+    max_depth: float = DEFAULT_MAX_DEPTH,
+    max_points: int = 2048,
+) -> RatioErrors:
+    """How well the prediction tracks the true change of depth of points over ``gap`` frames.
+
+    For each pair (t, t+k), k = ``gap``: every valid ground-truth pixel of frame t (at
+    most ``max_points``, evenly spread) is back-projected, moved into frame t+k with the
+    poses and projected; where it lands inside the image (and the ground truth of t+k,
+    if any there, agrees within ``VISIBILITY_TOLERANCE``), the predicted ratio
+    ``pred_{t+k}(q) / pred_t(p)`` (bilinear at the landing point q) is compared with the
+    true ratio ``z_{t+k} / z_t`` in log space. A global scale of the prediction cancels,
+    and the true ratio is scale-free, so this works with sparse ground truth (NaN
+    elsewhere) and with ground truth known only up to scale (poses in its unit). A
+    temporally smooth prediction that drifts away from the truth is penalised; TAE,
+    which compares the prediction with itself, is not.
+
+    Args:
+        depths: N predicted depth maps (H, W) (after the sequence's scoring alignment).
+        gts: N ground-truth depth maps (H, W), metres (or any unit shared with the poses),
+            NaN/0 invalid.
+        poses: N ground-truth ``T_world_camera`` (4x4).
+        intrinsics: the pinhole camera of every frame (distortion ignored, as in TAE).
+        gap: frame gap k >= 1 (in list positions).
+        min_depth, max_depth: ground truth outside this range is not used.
+        max_points: most points sampled per frame t.
+
+    Returns:
+        The pooled point errors (empty when no pair has points).
+
+    Raises:
+        BadInputError: lengths or shapes differ, gap < 1.
+    """
+    if len(depths) != len(gts) or len(depths) != len(poses):
+        raise BadInputError(f'{len(depths)} depth maps, {len(gts)} ground-truth maps and '
+                            f'{len(poses)} poses.', 'size_mismatch')
+    if gap < 1:
+        raise BadInputError(f'gap must be >= 1, got {gap}.', 'gap')
+    K = intrinsics.K
+    K_inv = np.linalg.inv(K)
+    errors: list[np.ndarray] = []
+    static: list[np.ndarray] = []
+    pairs = 0
+    for t in range(len(depths) - gap):
+        gt_a = np.asarray(gts[t])
+        pred_a = np.asarray(depths[t], np.float32)
+        pred_b = np.asarray(depths[t + gap], np.float32)
+        gt_b = np.asarray(gts[t + gap])
+        _check_same_shape(gt_a, pred_a, 'ground truth', 'prediction')
+        _check_same_shape(gt_b, pred_b, 'ground truth', 'prediction')
+        valid = valid_depth_mask(gt_a, pred_a, min_depth=min_depth, max_depth=max_depth)
+        index = np.flatnonzero(valid)
+        if index.size > max_points:
+            index = index[np.linspace(0, index.size - 1, max_points).round().astype(np.intp)]
+        if index.size == 0:
+            continue
+        v, u = np.divmod(index, gt_a.shape[1])
+        z = gt_a.ravel()[index].astype(np.float64)
+        points = (K_inv @ np.stack([u, v, np.ones_like(u)]).astype(np.float64)) * z
+        T_b_a = np.linalg.inv(np.asarray(poses[t + gap], np.float64)) @ np.asarray(
+            poses[t], np.float64)
+        moved = T_b_a[:3, :3] @ points + T_b_a[:3, 3:4]
+        z_b = moved[2]
+        with np.errstate(divide='ignore', invalid='ignore'):
+            pixel = (K @ moved)[:2] / z_b
+        height, width = gt_b.shape
+        inside = ((z_b > 0) & (pixel[0] >= 0) & (pixel[0] <= width - 1)
+                  & (pixel[1] >= 0) & (pixel[1] <= height - 1))
+        if not inside.any():
+            continue
+        ub, vb = pixel[0][inside], pixel[1][inside]
+        z_a, z_b = z[inside], z_b[inside]
+        seen = gt_b[np.rint(vb).astype(np.intp), np.rint(ub).astype(np.intp)]
+        with np.errstate(invalid='ignore'):
+            hidden = np.isfinite(seen) & (seen > 0) & (
+                np.abs(seen - z_b) > VISIBILITY_TOLERANCE * z_b)
+        p_b = _bilinear(pred_b, ub, vb)
+        p_a = pred_a.ravel()[index[inside]]
+        with np.errstate(divide='ignore', invalid='ignore'):
+            predicted = np.log(p_b.astype(np.float64) / p_a)
+            true = np.log(z_b / z_a)
+        keep = ~hidden & np.isfinite(predicted) & np.isfinite(true)
+        if not keep.any():
+            continue
+        pairs += 1
+        errors.append(np.abs(predicted[keep] - true[keep]))
+        static.append(np.abs(true[keep]))
+    empty = np.zeros(0)
+    return RatioErrors(gap, np.concatenate(errors) if errors else empty,
+                       np.concatenate(static) if static else empty, pairs)
+
+
+def _bilinear(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear samples of (H, W) ``image`` at pixel coordinates inside it (NaN spreads)."""
+    height, width = image.shape
+    u0 = np.clip(np.floor(u).astype(np.intp), 0, max(width - 2, 0))
+    v0 = np.clip(np.floor(v).astype(np.intp), 0, max(height - 2, 0))
+    u1, v1 = np.minimum(u0 + 1, width - 1), np.minimum(v0 + 1, height - 1)
+    fu, fv = u - u0, v - v0
+    img = image.astype(np.float64)
+    top = img[v0, u0] * (1 - fu) + img[v0, u1] * fu
+    bottom = img[v1, u0] * (1 - fu) + img[v1, u1] * fu
+    return top * (1 - fv) + bottom * fv
+
+
+def per_frame_scales(
+    depths: DepthStack,
+    gts: DepthStack,
+    *,
+    min_depth: float = DEFAULT_MIN_DEPTH,
+    max_depth: float = DEFAULT_MAX_DEPTH,
+) -> tuple[np.ndarray, float]:
+    """Each frame's best scale against the truth, relative to the sequence's scale.
+
+    The best scale of a frame is ``median(gt / pred)`` over its valid pixels (works with
+    sparse and scale-free ground truth); the sequence's scale is the same median over
+    the pixels of all frames.
+
+    Returns:
+        ((N,) float64 frame scale / sequence scale, NaN for frames without valid pixels;
+        the sequence scale, NaN when no frame has valid pixels).
+    """
+    if len(depths) != len(gts):
+        raise BadInputError(
+            f'{len(depths)} depth maps but {len(gts)} ground-truth maps.', 'size_mismatch')
+    ratios = []
+    for pred, gt in zip(depths, gts, strict=True):
+        pred, gt = np.asarray(pred), np.asarray(gt)
+        _check_same_shape(gt, pred, 'ground truth', 'prediction')
+        valid = valid_depth_mask(gt, pred, min_depth=min_depth, max_depth=max_depth)
+        ratios.append(gt[valid].astype(np.float64) / pred[valid].astype(np.float64))
+    every = np.concatenate(ratios) if ratios else np.zeros(0)
+    if not every.size:
+        return np.full(len(ratios), np.nan), math.nan
+    sequence = float(np.median(every))
+    frames = np.array([float(np.median(r)) / sequence if r.size else math.nan
+                       for r in ratios])
+    return frames, sequence
+
+
+def scale_drift(relative_scales: np.ndarray) -> tuple[float | None, float | None]:
+    """(max, end) drift of per-frame scales (``per_frame_scales``), as ratios.
+
+    Returns:
+        max: ``exp(max_t |log r_t|)`` >= 1, the worst factor between a frame's best scale
+        and the sequence's; end: best scale of the last frame over that of the first
+        (1: no drift over the sequence). None when no frame has a scale.
+    """
+    r = np.asarray(relative_scales, np.float64)
+    r = r[np.isfinite(r) & (r > 0)]
+    if not r.size:
+        return None, None
+    return float(np.exp(np.max(np.abs(np.log(r))))), float(r[-1] / r[0])
 
 
 # --------------------------------------------------------------------------- trajectories

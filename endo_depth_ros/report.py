@@ -8,6 +8,8 @@
 - ``report.md``: a table like the papers' (one row per model / alignment mode; RMSE,
   SqRel, ATE and RPE in millimetres), the live statistics when present, and the figures;
 - ``per_frame.png``: AbsRel, TAE and runtime over time;
+- ``temporal.png``: AbsRel under one alignment per sequence and each frame's best scale
+  relative to the sequence's, over time (temporal consistency against the truth);
 - ``contact_<run>.png``: RGB | prediction | ground truth | error map for a few frames;
 - ``trajectory_<bag>.png``: estimated (Sim(3)-aligned) vs ground-truth camera path,
   top (x-z) and side (z-y) views.
@@ -65,6 +67,8 @@ def write_report(
     if results:
         plot_per_frame(results, folder.file('per_frame.png'))
         figures.append(('Per-frame AbsRel, TAE and runtime', 'per_frame.png'))
+        plot_temporal(results, folder.file('temporal.png'))
+        figures.append(('Temporal consistency against the truth', 'temporal.png'))
     bags = _unique([r.bag for r in results])
     for bag in bags:
         runs = [r for r in results if r.bag == bag and r.trajectory_est is not None]
@@ -85,7 +89,9 @@ def write_report(
     for key, value in settings.items():
         lines.append(f'- {key}: `{value}`')
     note = _UNITS_NOTE if all(r.gt_units == 'metric' for r in results) else _RELATIVE_NOTE
-    lines += ['', markdown_table(results), '', note, '']
+    lines += ['', markdown_table(results), '', note, '',
+              '## Temporal consistency against the truth', '', temporal_table(results), '',
+              _TEMPORAL_NOTE, '']
     live = [r for r in results if r.mode == 'live']
     if live:
         lines += ['## Live replay', '', live_table(live), '']
@@ -116,6 +122,54 @@ _RELATIVE_NOTE = (
     'and RPE translation as a percentage of the mean ground-truth step (metric runs: mm). '
     'AbsRel, RMSE log and δ are unitless; TAE = temporal alignment error ×100; RPE rotation '
     'in degrees per frame. Frames: scored / total.')
+
+
+_TEMPORAL_NOTE = (
+    'TAE measures whether the prediction agrees with itself after reprojection with the '
+    'true poses: smoothing always lowers it, even when the depth drifts away from the '
+    'truth. The other columns compare with the truth, on depths aligned once per sequence '
+    '(the protocol\'s sequence variant): ratio error gap k = median over ground-truth '
+    'points seen in frames t and t+k of |log(predicted depth ratio) - log(true depth '
+    'ratio)| (scale-free: works with sparse and up-to-scale ground truth; "no change" is '
+    'the error of predicting ratio 1, the bar a prediction must beat); scale drift max = '
+    'the largest factor between a frame\'s best scale (median gt/pred) and the '
+    'sequence\'s, end = last frame\'s best scale over the first\'s (1 = no drift); '
+    'AbsRel (seq.) = mean per-frame AbsRel under the sequence alignment (EndoDAV-style, '
+    'plotted over time in temporal.png). RPE rotation is shown beside the identity '
+    'baseline (a trajectory that never rotates); a rotation estimate should beat it.')
+
+
+def temporal_table(results: Sequence[RunResult]) -> str:
+    """Truth-referenced temporal metrics beside TAE, one row per run (Markdown).
+
+    The first rows of each bag give the "no change" reference (ratio 1) of the ratio error.
+    """
+    multi_bag = len(_unique([r.bag for r in results])) > 1
+    gaps = (1, 5, 10, 20)
+    header = (['Model', 'Align'] + [f'Ratio err. gap {k} ↓' for k in gaps]
+              + ['Scale drift max ↓', 'Scale drift end (→1)', 'AbsRel (seq.) ↓', 'TAE ↓',
+                 'RPE rot (°) / identity'])
+    if multi_bag:
+        header.insert(0, 'Bag')
+    rows = []
+    for bag in _unique([r.bag for r in results]):
+        runs = [r for r in results if r.bag == bag]
+        first = runs[0].summary
+        if any(first.get(f'ratio_static_gap{k}') is not None for k in gaps):
+            row = ['no change (ratio 1)', _DASH] + [
+                _fmt(first.get(f'ratio_static_gap{k}'), 4) for k in gaps] + [_DASH] * 5
+            rows.append(([Path(bag).name] if multi_bag else []) + row)
+        for r in runs:
+            s = r.summary
+            rpe = _DASH
+            if s.get('rpe_rot') is not None:
+                rpe = f'{_fmt(s["rpe_rot"], 3)} / {_fmt(s.get("rpe_rot_identity"), 3)}'
+            row = ([r.model + (' (live)' if r.mode == 'live' else ''), r.align]
+                   + [_fmt(s.get(f'ratio_error_gap{k}'), 4) for k in gaps]
+                   + [_fmt(s.get('scale_drift_max'), 3), _fmt(s.get('scale_drift_end'), 3),
+                      _fmt(s.get('abs_rel_seq'), 3), _fmt(s.get('tae'), 2), rpe])
+            rows.append(([Path(bag).name] if multi_bag else []) + row)
+    return _markdown(header, rows)
 
 
 def markdown_table(results: Sequence[RunResult]) -> str:
@@ -175,8 +229,9 @@ def _unit_aware_table(results: Sequence[RunResult]) -> str:
 
 
 def results_tables(results: Sequence[RunResult]) -> str:
-    """``markdown_table`` of all runs, then ``live_table`` of the live ones if any (Markdown)."""
-    text = markdown_table(results)
+    """``markdown_table`` and ``temporal_table`` of all runs, the metric table of runs scored
+    with protocol ``none``, then ``live_table`` of the live ones if any (Markdown)."""
+    text = markdown_table(results) + '\n\n' + temporal_table(results)
     metric = [r for r in results if r.protocol == 'none']
     if metric:
         text += '\n\n' + metric_table(metric)
@@ -242,7 +297,10 @@ def write_results_json(
         })
     doc = {
         'units': {'depth': 'm', 'sq_rel': 'm', 'rmse': 'm', 'ate': 'm', 'rpe_trans': 'm',
-                  'rpe_rot': 'deg', 'tae': 'AbsRel x100', 'runtime': 'ms',
+                  'rpe_rot': 'deg', 'rpe_rot_identity': 'deg', 'tae': 'AbsRel x100',
+                  'ratio_error_gapK': '|log ratio| (unitless)',
+                  'scale_drift_max': 'ratio >= 1', 'scale_drift_end': 'ratio',
+                  'runtime': 'ms',
                   'ate_rel': 'fraction of the ground-truth path length',
                   'rpe_rel': 'fraction of the mean ground-truth step',
                   'note': "runs with gt_units 'relative': lengths in the ground truth's "
@@ -255,9 +313,22 @@ def write_results_json(
 
 def plot_per_frame(results: Sequence[RunResult], path: str | Path) -> None:
     """AbsRel, TAE and runtime per frame for every run (one line each)."""
-    fig = Figure(figsize=(10, 7.5), layout='constrained')
+    _plot_columns(results, [('abs_rel', 'AbsRel'), ('tae', 'TAE (×100)'),
+                            ('runtime_ms', 'runtime (ms)')], path, height=7.5)
+
+
+def plot_temporal(results: Sequence[RunResult], path: str | Path) -> None:
+    """AbsRel under the sequence alignment and best scale / sequence scale, per frame."""
+    _plot_columns(results, [('abs_rel_seq', 'AbsRel, one alignment\nper sequence'),
+                            ('scale_ratio', 'best scale /\nsequence scale')], path,
+                  height=5.5, unit_line=True)
+
+
+def _plot_columns(results: Sequence[RunResult], panels: list[tuple[str, str]],
+                  path: str | Path, *, height: float, unit_line: bool = False) -> None:
+    """One panel per ``per_frame`` column (key, y label), one line per run."""
+    fig = Figure(figsize=(10, height), layout='constrained')
     FigureCanvasAgg(fig)
-    panels = [('abs_rel', 'AbsRel'), ('tae', 'TAE (×100)'), ('runtime_ms', 'runtime (ms)')]
     axes = fig.subplots(len(panels), 1, sharex=True)
     for ax, (key, title) in zip(axes, panels, strict=True):
         drawn = False
@@ -276,6 +347,8 @@ def plot_per_frame(results: Sequence[RunResult], path: str | Path) -> None:
         else:
             ax.text(0.5, 0.5, 'no data (no ground truth)', ha='center', va='center',
                     transform=ax.transAxes, color='gray')
+    if unit_line:
+        axes[-1].axhline(1.0, color='k', lw=0.5)
     axes[-1].set_xlabel('frame index')
     fig.savefig(path, dpi=100)
 

@@ -155,11 +155,19 @@ def test_report_writes_json_markdown_and_all_figures(synth_bag, tmp_path):
     path = report.write_report(results, out, settings={'protocol': 'median'})
     text = path.read_text()
     assert '| photometric | stream |' in text and '| gt | stream |' in text
-    for name in ('per_frame.png', 'trajectory.png', 'contact_photometric_stream.png',
-                 'contact_gt_stream.png'):
+    assert 'Temporal consistency against the truth' in text and 'Ratio err. gap 5' in text
+    assert '| no change (ratio 1) |' in text
+    for name in ('per_frame.png', 'temporal.png', 'trajectory.png',
+                 'contact_photometric_stream.png', 'contact_gt_stream.png'):
         assert (out / name).stat().st_size > 1000, name
         assert f']({name})' in text
     doc = json.loads((out / 'results.json').read_text())
     assert [run['model'] for run in doc['runs']] == ['photometric', 'gt']
     assert len(doc['runs'][0]['per_frame']['abs_rel']) == 6
     assert doc['units']['rmse'] == 'm'
+    run = doc['runs'][0]['metrics']
+    for key in ('ratio_error_gap1', 'ratio_error_gap5', 'ratio_error_gap10',
+                'ratio_error_gap20', 'scale_drift_max', 'scale_drift_end'):
+        assert key in run, key
+    assert run['ratio_error_gap1'] > 0 and run['ratio_error_gap20'] is None  # 6 frames
+    assert run['scale_drift_max'] >= 1.0

@@ -9,10 +9,10 @@ import pytest
 from endo_depth_ros import masks
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.pipeline import Pipeline, PipelineConfig
-from endo_depth_ros.synth import SynthConfig, render_sequence
+from endo_depth_ros.synth import CameraEffects, SynthConfig, render_sequence
 from endo_depth_ros.synth.view import endoscope_view_mask
 
-VIEW = {'view_circle': True, 'jpeg_quality': 70, 'surround_noise': 4.0}
+VIEW = {'view_circle': True, 'camera': CameraEffects(jpeg_quality=70), 'surround_noise': 4.0}
 
 
 @pytest.fixture(scope='module')

@@ -443,14 +443,30 @@ def test_blend_smooths_the_output_but_not_the_references() -> None:
     truth = _static_disparity()
     rng = np.random.default_rng(7)
     raws = [_corrupt(truth, rng, 0.05, 0.0).astype(np.float32) for _ in range(30)]
-    plain = _run(TemporalAligner(AlignmentConfig(blend=0.0)), raws)
+    still = [np.eye(4)] * len(raws)  # a camera known to stand still
+    plain = _run(TemporalAligner(AlignmentConfig(blend=0.0)), raws, still, CAM)
     blended_aligner = TemporalAligner(AlignmentConfig(blend=0.8))
-    blended = _run(blended_aligner, raws)
+    blended = _run(blended_aligner, raws, still, CAM)
     jitter = [np.nanstd(np.diff(np.stack([o.disparity for o in out[10:]]), axis=0))
               for out in (plain, blended)]
     assert jitter[1] < 0.5 * jitter[0]
     # Same scale and shift: the fits never saw the filtered frames.
     assert [o.scale for o in blended] == [o.scale for o in plain]
+
+
+@pytest.mark.parametrize('mode', ['stream', 'window'])
+def test_without_poses_nothing_is_blended_each_output_is_an_affine_map_of_its_frame(
+        mode: str) -> None:
+    # A moving camera whose poses are unknown (e.g. nobody asked for odometry): blending
+    # the previous output in place would lag the view; the output must be the frame's own.
+    video = list(render_sequence(SynthConfig(width=64, height=48, frames=20, seed=6)))
+    rng = np.random.default_rng(2)
+    raws = [(1.0 / f.depth * (1 + 0.05 * rng.standard_normal(f.depth.shape)))
+            .astype(np.float32) for f in video]
+    config = AlignmentConfig(mode=mode, blend=0.7, window=8, overlap=2)
+    for out in _run(TemporalAligner(config), raws):
+        own = out.scale * to_disparity(raws[out.index]) + out.shift
+        np.testing.assert_allclose(out.disparity, np.maximum(own, 0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('mode', ['stream', 'window'])

@@ -32,8 +32,9 @@ import numpy as np
 from endo_depth_ros import metrics
 from endo_depth_ros.bench import median_ms, parse_sizes, print_table
 from endo_depth_ros.camera import Intrinsics
-from endo_depth_ros.errors import ConfigError, EndoDepthError
-from endo_depth_ros.models.base import DepthModel
+from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
+from endo_depth_ros.evaluation import GroundTruthModel
+from endo_depth_ros.models.base import OutputKind
 from endo_depth_ros.temporal import AlignmentConfig, TemporalAligner
 
 #: Timed configurations: (label, config, use poses).
@@ -135,36 +136,43 @@ def pipeline_rows(frames: int, seed: int = 2) -> list[dict[str, object]]:
     return rows
 
 
-class FlickeringModel(DepthModel):
+class FlickeringModel(GroundTruthModel):
     """A per-frame network's failure mode, for benchmarks and tests: true disparity with
-    5 % noise under a random scale and shift per frame (issue 5's robustness scenario)."""
+    5 % noise under a random scale and shift per frame (issue 5's robustness scenario).
 
-    name = 'flicker'
-    output_kind = 'relative_disparity'
-    device = 'cpu'
-    precision = 'fp32'
+    ``flicker=False`` keeps one scale and shift for the whole stream: a temporally stable
+    relative model (the behaviour of a video depth model) with the same per-frame noise.
+    The evaluator feeds it the ground truth like the ``gt`` oracle (``set_next``).
+    """
+
+    output_kind: OutputKind = 'relative_disparity'
     backend = 'bench'
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, flicker: bool = True) -> None:
+        super().__init__()
+        self.name = 'flicker' if flicker else 'stable'
         self._rng = np.random.default_rng(seed)
-        self._next = np.ones((2, 2), np.float32)
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._next.shape[0], self._next.shape[1]
-
-    def network_size(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
-
-    def set_next(self, depth: np.ndarray) -> None:
-        """The true depth (H, W) metres behind the next image."""
-        self._next = depth
+        self._flicker = flicker
+        # The stable variant's one affine map (drawn from its own stream).
+        fixed = np.random.default_rng([seed, 1])
+        self._fixed = (fixed.uniform(0.5, 2.0), fixed.uniform(-0.5, 1.0))
+        self._fixed_shift: float | None = None  # set from the first frame
 
     def _infer_batch(self, batch: np.ndarray) -> np.ndarray:
+        if self._next is None:
+            raise BadInputError('The bench model needs the true depth of every frame.',
+                                'no_ground_truth')
+        self._size = batch.shape[1:3]
         truth = 1.0 / self._next.astype(np.float64)
         noisy = truth * (1 + 0.05 * self._rng.standard_normal(truth.shape))
-        scale = self._rng.uniform(0.5, 2.0)
-        shift = self._rng.uniform(-0.5, 1.0) * scale * float(np.nanmin(truth))
+        if self._flicker:
+            scale = self._rng.uniform(0.5, 2.0)
+            shift = self._rng.uniform(-0.5, 1.0) * scale * float(np.nanmin(truth))
+        else:
+            scale = self._fixed[0]
+            if self._fixed_shift is None:
+                self._fixed_shift = self._fixed[1] * scale * float(np.nanmin(truth))
+            shift = self._fixed_shift
         return np.repeat((scale * noisy + shift).astype(np.float32)[None], len(batch), 0)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from endo_depth_ros import bags, evaluation, masks
 from endo_depth_ros.bench import parse_size, print_table
 from endo_depth_ros.pipeline import Pipeline, PipelineConfig
-from endo_depth_ros.synth import SynthConfig, render_sequence
+from endo_depth_ros.synth import CameraEffects, SynthConfig, render_sequence
 from endo_depth_ros.synth.view import apply_endoscope_view, endoscope_view_mask
 
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
     rows: list[dict[str, object]] = []
     for quality in (int(q) for q in args.qualities.split(',')):
         config = SynthConfig(width=out_w, height=out_h, frames=args.frames, seed=args.seed,
-                             view_circle=True, jpeg_quality=quality,
+                             view_circle=True, camera=CameraEffects(jpeg_quality=quality),
                              surround_noise=args.noise)
         truth = endoscope_view_mask(config, out_w, out_h)
         fov = masks.FieldOfView(masks.FieldOfViewConfig(margin_px=0))
@@ -94,17 +94,19 @@ def _frames(config: SynthConfig, width: int, height: int) -> Iterator[np.ndarray
         for frame in render_sequence(config):
             yield frame.rgb
         return
-    small = replace(config, width=width, height=height, view_circle=False, jpeg_quality=0)
+    small = replace(config, width=width, height=height, view_circle=False,
+                    camera=CameraEffects())
     for frame in render_sequence(small):
         big = cv2.resize(frame.rgb, (config.width, config.height),
                          interpolation=cv2.INTER_CUBIC)
-        yield apply_endoscope_view(big, config, frame.index)
+        yield config.camera.apply_image(apply_endoscope_view(big, config, frame.index))
 
 
 def _downstream_table(width: int, height: int, frames: int, seed: int, noise: float) -> None:
     """Cloud junk, AbsRel and TAE with and without the mask, photometric model."""
     config = SynthConfig(width=width, height=height, frames=frames, seed=seed,
-                         view_circle=True, jpeg_quality=70, surround_noise=noise)
+                         view_circle=True, camera=CameraEffects(jpeg_quality=70),
+                         surround_noise=noise)
     truth = endoscope_view_mask(config, width, height)
     intrinsics = config.intrinsics
     rendered = list(render_sequence(config))

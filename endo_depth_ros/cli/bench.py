@@ -18,6 +18,7 @@ TOPICS = {
     'odometry': 'visual odometry, frames/s and trajectory error',
     'node': 'node per-stage cost and overhead vs model time',
     'scale': 'metric scale from stereo / kinematics: quality, robustness, cost',
+    'consistency': 'alignment judged against the truth: sequences x models x modes',
 }
 
 

@@ -6,6 +6,8 @@ Example::
     ros2 bag info colon.bag        # /endoscope/image_raw, camera_info, depth_gt, pose_gt, seg_gt
     endo-depth-synth frames/ --format npz --frames 30 --fov-mask
     endo-depth-synth real.mcap --endoscope-view --jpeg-quality 70   # real-video artefacts
+    endo-depth-synth slow.bag --frames 300 --speed-mm 0.3 --roll-deg 10 --tilt-deg 3 \
+        --nuisances --seed 2      # slow flight, auto-exposure, blur, flashes, JPEG
 
 Writes a rosbag2 directory (MCAP by default, ``--storage sqlite3`` too) or, with
 ``--format npz``, one ``frame_NNNNNN.npz`` per frame (see ``endo_depth_ros.bags``).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 import time
 from typing import Any
@@ -24,7 +27,7 @@ from tqdm import tqdm
 from endo_depth_ros import bags, outputs
 from endo_depth_ros.cli.common import run_cli
 from endo_depth_ros.errors import ConfigError
-from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
+from endo_depth_ros.synth import CameraEffects, SynthConfig, SynthFrame, render_sequence
 from endo_depth_ros.synth.contact_sheet import save_contact_sheet
 
 PROG = 'endo-depth-synth'
@@ -77,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--kinematics-latency', type=float,
                         default=defaults.kinematics_latency_s, metavar='SECONDS',
                         help='latency of the kinematic stream (default %(default)s s)')
+    parser.add_argument('--tilt-deg', type=float, default=defaults.tilt_deg,
+                        help=f'camera yaw/pitch amplitude (default {defaults.tilt_deg:g})')
+    parser.add_argument('--roll-deg', type=float, default=defaults.roll_deg,
+                        help=f'camera roll amplitude (default {defaults.roll_deg:g})')
+    _add_camera_effects(parser)
     parser.add_argument('--contact-sheet', type=Path, metavar='PNG',
                         help='also save RGB | depth | segmentation of a few frames as a PNG')
     parser.add_argument('--overwrite', action='store_true',
@@ -104,14 +112,47 @@ def _add_view_arguments(parser: argparse.ArgumentParser, defaults: SynthConfig) 
     group.add_argument('--surround-noise', type=float, default=defaults.surround_noise,
                        help='noise std of the surround in grey levels '
                             f'(default {defaults.surround_noise:g})')
-    group.add_argument('--jpeg-quality', type=int, default=defaults.jpeg_quality,
-                       help='JPEG-compress every frame at this quality, 0 = off (default 0)')
 
 
 def _view_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {'view_circle': args.endoscope_view, 'view_radius': args.view_radius,
             'view_offset': tuple(args.view_offset), 'view_edge_px': args.view_edge_px,
-            'surround_noise': args.surround_noise, 'jpeg_quality': args.jpeg_quality}
+            'surround_noise': args.surround_noise}
+
+
+#: Camera-effect flags: (CameraEffects field, help).
+_EFFECT_FLAGS = (
+    ('gain_step', 'auto-exposure gain steps, relative size (0.25: up to x1.25)'),
+    ('gain_step_every', 'mean frames between gain steps'),
+    ('gain_ramp', 'slow gain ramp amplitude, relative'),
+    ('gain_ramp_period', 'gain ramp period in frames'),
+    ('white_balance_drift', 'per-channel white-balance drift amplitude, relative'),
+    ('white_balance_period', 'white-balance drift period in frames'),
+    ('motion_blur', 'zoom motion blur, fraction of the half-diagonal'),
+    ('specular_flash_rate', 'probability of a specular flash per frame'),
+    ('jpeg_quality', 'JPEG compression quality 1..100 (0: none)'),
+)
+
+
+def _add_camera_effects(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        'camera nuisances', 'failure modes of real endoscope video (all off by default; '
+        '--nuisances turns on a realistic mix, the flags below override single values)')
+    group.add_argument('--nuisances', action='store_true',
+                       help='auto-exposure steps and ramps, white-balance drift, motion '
+                       'blur, specular flashes and JPEG (CameraEffects.endoscope())')
+    preset = CameraEffects.endoscope()
+    for name, text in _EFFECT_FLAGS:
+        kind = int if name == 'jpeg_quality' else float
+        group.add_argument('--' + name.replace('_', '-'), type=kind, default=None,
+                           help=f'{text} (with --nuisances {getattr(preset, name):g})')
+
+
+def _camera_effects(args: argparse.Namespace) -> CameraEffects:
+    base = CameraEffects.endoscope() if args.nuisances else CameraEffects()
+    changes = {name: getattr(args, name) for name, _ in _EFFECT_FLAGS
+               if getattr(args, name) is not None}
+    return replace(base, **changes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +167,8 @@ def _run(args: argparse.Namespace) -> int:
         fov_mask=args.fov_mask, fov_deg=args.fov_deg, radius_mm=tuple(args.radius_mm),
         fold_amplitude=args.fold_amplitude, noise=args.noise, stereo_baseline_mm=args.stereo,
         kinematics_noise_m=-1.0 if args.kinematics_noise is None else args.kinematics_noise,
-        kinematics_latency_s=args.kinematics_latency, **_view_settings(args))
+        kinematics_latency_s=args.kinematics_latency, tilt_deg=args.tilt_deg,
+        roll_deg=args.roll_deg, camera=_camera_effects(args), **_view_settings(args))
     if args.kinematics_noise is not None and args.kinematics_noise < 0:
         raise ConfigError(f'--kinematics-noise must be >= 0 m, got {args.kinematics_noise}.')
     # Before rendering: a refused output must not cost the whole render.

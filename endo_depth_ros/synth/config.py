@@ -10,6 +10,7 @@ import numpy as np
 
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import ConfigError
+from endo_depth_ros.synth.camera_effects import CameraEffects
 
 #: First stamp of a sequence (2023-11-14T22:13:20Z): a plausible wall-clock time, not 0.
 DEFAULT_START_NS = 1_700_000_000_000_000_000
@@ -65,7 +66,9 @@ class SynthConfig:
             of the width and height.
         view_edge_px: half-width of the view's soft edge (pixels).
         surround_noise: standard deviation of the surround's noise (grey levels).
-        jpeg_quality: JPEG-compress each frame at this quality (1..100; 0: no codec).
+        camera: nuisances of a real endoscope camera (auto-exposure, white balance, motion
+            blur, specular flashes, compression; all off by default, see
+            ``camera_effects.py``).
     """
 
     width: int = 320
@@ -103,7 +106,7 @@ class SynthConfig:
     view_offset: tuple[float, float] = field(default=(0.025, -0.02))
     view_edge_px: float = 3.0
     surround_noise: float = 3.0
-    jpeg_quality: int = 0
+    camera: CameraEffects = field(default_factory=CameraEffects)
 
     def __post_init__(self) -> None:
         _positive_int(self, 'width', 'height', 'frames')
@@ -142,6 +145,8 @@ class SynthConfig:
         if isinstance(self.start_ns, bool) or not isinstance(self.start_ns, int | np.integer):
             raise ConfigError(f'start_ns must be an integer, got {self.start_ns!r}.')
         _check_view(self)
+        if not isinstance(self.camera, CameraEffects):
+            raise ConfigError(f'camera must be a CameraEffects, got {self.camera!r}.')
 
     @classmethod
     def straight_tube(cls, radius_mm: float = 20.0, **overrides: Any) -> SynthConfig:
@@ -196,13 +201,10 @@ def _non_negative(config: SynthConfig, *names: str) -> None:
 
 
 def _check_view(config: SynthConfig) -> None:
-    """Validate the ``view_*``, ``surround_noise`` and ``jpeg_quality`` fields."""
+    """Validate the ``view_*`` and ``surround_noise`` fields."""
     _positive(config, 'view_radius')
     _non_negative(config, 'view_edge_px', 'surround_noise')
     offset = tuple(config.view_offset)
     if len(offset) != 2 or not all(math.isfinite(o) and abs(o) <= 0.5 for o in offset):
         raise ConfigError(f'view_offset must be (x, y) fractions in [-0.5, 0.5], got '
                           f'{config.view_offset!r}.')
-    quality = config.jpeg_quality
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 100:
-        raise ConfigError(f'jpeg_quality must be an integer in 0..100, got {quality!r}.')

@@ -110,10 +110,7 @@ class Scene:
                              eye_offset_m=baseline) if baseline > 0 else None)
         kinematic = (stereo.kinematic_pose(self, index) if cfg.kinematics_noise_m >= 0
                      else None)
-        rgb = view.rgb
-        if cfg.view_circle or cfg.jpeg_quality:
-            rgb = apply_endoscope_view(rgb, cfg, index)
-        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=rgb,
+        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=view.rgb,
                           depth=view.depth, seg=view.seg, pose=pose, intrinsics=intrinsics,
                           right=right, baseline_m=baseline, kinematic_pose=kinematic)
 
@@ -233,8 +230,9 @@ class Scene:
 
     def _sensor(self, radiance: np.ndarray, intrinsics: Intrinsics, index: float,
                 mask: np.ndarray | None) -> np.ndarray:
-        """Vignetting, tone curve, blur, noise and 8-bit quantisation."""
+        """Camera effects, vignetting, tone curve, blur, noise, 8-bit quantisation."""
         cfg = self.config
+        radiance = cfg.camera.apply_radiance(radiance, index, cfg.seed)
         radiance *= self._vignetting(intrinsics)[..., None]
         # Film-like shoulder: close tissue saturates softly as in real endoscopes.
         image = np.float32(1.0) - np.exp(-radiance)
@@ -246,7 +244,10 @@ class Scene:
         rgb = np.clip(image * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8)
         if mask is not None:
             rgb[~mask] = 0
-        return rgb
+        if cfg.view_circle:
+            rgb = apply_endoscope_view(rgb, cfg, index)
+        # Compression last: the codec sees the view's edge and surround as a camera's does.
+        return cfg.camera.apply_image(rgb)
 
     def _vignetting(self, intrinsics: Intrinsics) -> np.ndarray:
         """(H, W) float32 radial fall-off ``cos(angle to the axis) ** (4 * vignetting)``."""

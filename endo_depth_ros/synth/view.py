@@ -11,7 +11,6 @@ edge passes half transmission).
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from endo_depth_ros.synth.config import SynthConfig
@@ -44,11 +43,12 @@ def endoscope_view_mask(config: SynthConfig, width: int, height: int) -> np.ndar
 
 
 def apply_endoscope_view(rgb: np.ndarray, config: SynthConfig, index: float) -> np.ndarray:
-    """The frame seen through the endoscope: soft circular view, noisy surround, JPEG.
+    """The frame seen through the endoscope: soft circular view in a noisy surround.
 
     Args:
         rgb: (H, W, 3) uint8 rendered frame.
-        config: ``view_*``, ``surround_noise`` and ``jpeg_quality`` are used; the noise
+        config: ``view_*`` and ``surround_noise`` are used (compression is the camera's,
+            ``CameraEffects.jpeg_quality``, applied after this); the noise
             is seeded by ``config.seed`` and ``index`` (frames are reproducible).
         index: frame number.
 
@@ -64,11 +64,4 @@ def apply_endoscope_view(rgb: np.ndarray, config: SynthConfig, index: float) -> 
         # A little colour noise too: the codec's chroma is noisier than its luma.
         surround = surround + rng.normal(0.0, 0.5 * config.surround_noise, (height, width, 3))
         image = image * weight + surround.astype(np.float32) * (1.0 - weight)
-    out = np.clip(image + 0.5, 0, 255).astype(np.uint8)
-    if config.jpeg_quality > 0:
-        ok, data = cv2.imencode('.jpg', cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, int(config.jpeg_quality)])
-        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
-        if decoded is not None:
-            out = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-    return out
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)

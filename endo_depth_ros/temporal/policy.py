@@ -1,0 +1,106 @@
+"""Parameter prior: how much of each fit a frame follows.
+
+A chain of fits to the previous frame integrates every fit's error (occlusions, a model
+that is not exactly affine in the truth, the camera's motion mistaken for a change of
+scale when there is no pose) into a random walk of the scale, and odometry tracked on
+the aligned depth feeds that drift back. Each fit is therefore read as a change of the
+aligned median and spread (log scale) from the frame it chains from; the running mean
+square of those changes tells a **flickering** model (a per-frame network: changes of
+tens of percent; every fit is followed exactly, so affine maps are still undone exactly)
+from a **stable** one (above ``flicker_threshold`` or not, after ``STABLE_AFTER`` fits).
+For a stable model only ``stable_gain`` of the change is applied (``unposed_gain`` when
+the references were not reprojected with poses), and the parameters are pulled back
+towards the first frame's by ``anchor_pull`` per frame, which bounds the drift.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from endo_depth_ros.temporal.config import AlignmentConfig
+
+#: Weight of each new change in the running mean square of the changes.
+CHANGE_MEMORY = 0.1
+#: Changes measured before a model may count as stable.
+STABLE_AFTER = 10
+
+
+class ParameterPrior:
+    """Temporal prior on the fitted (scale, shift) of a stream (state of one stream)."""
+
+    def __init__(self, config: AlignmentConfig) -> None:
+        self.config = config
+        #: The first good frame's (scale, shift), the anchor of the pull-back.
+        self.anchor: tuple[float, float] | None = None
+        self._change_ms = math.inf  # running mean square of the fits' changes
+        self._changes = 0  # changes measured so far
+
+    def set_anchor_once(self, scale: float, shift: float) -> None:
+        """Record the first good parameters of the stream (later calls do nothing)."""
+        if self.anchor is None:
+            self.anchor = (scale, shift)
+
+    @property
+    def flickering(self) -> bool:
+        """Whether the fits measured so far change more than ``flicker_threshold``."""
+        return self._changes > 0 and self._change_ms > self.config.flicker_threshold ** 2
+
+    def apply(self, fitted: tuple[float, float], previous: tuple[float, float] | None,
+              sub: np.ndarray, posed: bool) -> tuple[float, float]:
+        """The parameters a frame uses given its fit.
+
+        Args:
+            fitted: the fit of this frame against its references.
+            previous: the parameters of the frame it was chained from.
+            sub: (h, w) raw disparity fitting image of this frame.
+            posed: the references were reprojected with poses.
+
+        Returns:
+            The parameters to use: ``fitted`` while the model flickers, else a damped
+            step from ``previous`` pulled towards the first frame's parameters.
+        """
+        cfg = self.config
+        values = sub[np.isfinite(sub)]
+        if previous is None or values.size < 2:
+            return fitted
+        median = float(np.median(values))
+        spread = float(np.median(np.abs(values - median)))
+        with_shift = cfg.scale_source != 'model'
+        if not (median > 0 and (spread > 0 or not with_shift)):
+            return fitted
+
+        def summary(params: tuple[float, float]) -> np.ndarray:
+            # Log of the aligned median and spread: scale-free, and both move together
+            # under a scale change, so the change of a shift shows as a spread change.
+            centre = params[0] * median + params[1]
+            if not with_shift:
+                return np.array([math.log(max(centre, 1e-300))])
+            return np.array([math.log(max(centre, 1e-300)),
+                             math.log(max(params[0] * spread, 1e-300))])
+
+        new, old = summary(fitted), summary(previous)
+        change = float(np.mean((new - old) ** 2))
+        if not math.isfinite(change):
+            return fitted
+        self._changes += 1
+        self._change_ms = (change if self._changes == 1 else
+                           (1 - CHANGE_MEMORY) * self._change_ms + CHANGE_MEMORY * change)
+        if (self._changes < STABLE_AFTER
+                or self._change_ms > cfg.flicker_threshold ** 2):
+            return fitted  # a flickering model: follow every fit exactly
+        step = old + (cfg.stable_gain if posed else cfg.unposed_gain) * (new - old)
+        if self.anchor is not None and cfg.anchor_pull > 0:
+            step += cfg.anchor_pull * (summary(self.anchor) - step)
+        centre = math.exp(float(step[0]))
+        if not with_shift:
+            return centre / median, 0.0
+        held = previous[1] if self.anchor is None else self.anchor[1]
+        if cfg.hold_shift and centre - held > 0:
+            # Only the scale follows, the shift stays the first frame's: a stable model's
+            # shift is its own, and refitting it every frame bends the depth's shape with
+            # every fit's error.
+            return (centre - held) / median, held
+        scale = math.exp(float(step[1])) / spread
+        return scale, centre - scale * median
