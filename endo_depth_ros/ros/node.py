@@ -23,15 +23,13 @@ Parameters are listed with their defaults and meaning in ``config/depth.yaml``;
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 import contextlib
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 import importlib
 import math
-import re
 import sys
-import textwrap
 import threading
 import time
 import traceback
@@ -63,11 +61,22 @@ from endo_depth_ros.cli.common import EXIT_USAGE
 from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
 from endo_depth_ros.models import DepthModel
-from endo_depth_ros.odometry import OdometryConfig
-from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
-from endo_depth_ros.ros import conversions
-from endo_depth_ros.temporal import AlignmentConfig
+from endo_depth_ros.pipeline import FrameResult, Pipeline
+from endo_depth_ros.ros import conversions, diagnostics
+from endo_depth_ros.ros.parameters import (
+    OWN_PREFIXES,
+    NodeSettings,
+    ParameterValue,
+    build_section,
+    parameter_specs,
+    parameters_yaml,
+    pipeline_config_from_parameters,
+)
 from endo_depth_ros.visualize import colorize_depth
+
+#: Re-exported: the parameters are defined in ``endo_depth_ros.ros.parameters``.
+__all__ = ['NODE_NAME', 'DepthNode', 'main', 'parameter_specs', 'parameters_yaml',
+           'pipeline_config_from_parameters', 'standalone_node']
 
 NODE_NAME = 'endo_depth'
 #: Frame used for outputs when neither the input nor ``frame_ids.camera_frame`` names one.
@@ -79,134 +88,6 @@ WARN_PERIOD_S = 5.0
 STAMP_RESTART_FRAMES = 5
 #: Camera infos kept for pairing with images by stamp.
 CAMERA_INFO_HISTORY = 32
-#: Latency samples kept for the diagnostics percentiles.
-LATENCY_HISTORY = 200
-#: Pipeline sections whose dataclass fields become ``<section>.<field>`` parameters,
-#: with whether a change can apply while running.
-_SECTIONS: tuple[tuple[str, type, bool], ...] = (
-    ('model', ModelConfig, False),
-    ('alignment', AlignmentConfig, False),
-    ('geometry', CloudConfig, True),
-    ('odometry', OdometryConfig, False),
-)
-
-ParameterValue = bool | int | float | str | list[float] | list[int] | list[str] | list[bool]
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One node parameter.
-
-    Attributes:
-        name: full dotted name (``'model.name'``).
-        default: typed default; its type is the parameter's type.
-        description: one line shown by ``ros2 param describe``.
-        live: whether a change is applied while running (else it is refused).
-    """
-
-    name: str
-    default: ParameterValue
-    description: str
-    live: bool = False
-
-
-#: The node's own parameters (the pipeline's come from its config dataclasses).
-_NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec('input.use_compressed', False,
-                  'subscribe to image/compressed (CompressedImage) instead of image'),
-    ParameterSpec('input.camera_info_tolerance_s', 0.001,
-                  'largest stamp difference (s) for pairing an image with a camera_info',
-                  live=True),
-    ParameterSpec('input.camera_info_wait_s', 0.1,
-                  'how long (s) an image waits for the camera_info of its stamp', live=True),
-    ParameterSpec('outputs.depth', True, 'publish depth/image (32FC1 m) and depth/camera_info'),
-    ParameterSpec('outputs.colormap', True, 'publish depth/colormap (rgb8 turbo, near = red)'),
-    ParameterSpec('outputs.points', True, 'publish depth/points (PointCloud2)'),
-    ParameterSpec('outputs.pose', True, 'publish pose (PoseStamped in the odom frame)'),
-    ParameterSpec('outputs.odom', True, 'publish odom (nav_msgs/Odometry with covariance)'),
-    ParameterSpec('outputs.tf', True, 'broadcast the odom -> camera transform (needs tf2_ros)'),
-    ParameterSpec('outputs.queue_depth', 2, 'history depth of the reliable publishers (1-5)'),
-    ParameterSpec('frame_ids.odom_frame', 'odom', 'parent frame of pose, odom and TF'),
-    ParameterSpec('frame_ids.camera_frame', '',
-                  "frame of the outputs; '' uses the input image's frame_id"),
-    ParameterSpec('diagnostics.period_s', 1.0, 'period (s) of the /diagnostics status'),
-)
-
-
-def parameter_specs() -> list[ParameterSpec]:
-    """Every parameter of the node, in declaration order, with typed defaults."""
-    specs: list[ParameterSpec] = []
-    for prefix, cls, live in _SECTIONS:
-        docs = _attribute_docs(cls)
-        instance = cls()
-        for f in fields(cls):
-            if not f.init:
-                continue
-            default = _ros_value(getattr(instance, f.name))
-            if default is None:
-                continue  # no ROS parameter type for it (None / nested value)
-            specs.append(ParameterSpec(f'{prefix}.{f.name}', default,
-                                       docs.get(f.name, ''), live))
-    specs.extend(_NODE_PARAMETERS)
-    return specs
-
-
-def pipeline_config_from_parameters(values: dict[str, Any]) -> PipelineConfig:
-    """Build the pipeline configuration from ``{'<section>.<field>': value}``.
-
-    Missing keys keep the dataclass defaults; values are validated by the dataclasses.
-
-    Raises:
-        ConfigError: an invalid value, naming the parameter.
-    """
-    parts: dict[str, Any] = {}
-    for prefix, cls, _live in _SECTIONS:
-        parts[prefix] = _build_section(prefix, cls, values)
-    return PipelineConfig(model=parts['model'], alignment=parts['alignment'],
-                          cloud=parts['geometry'], odometry=parts['odometry'])
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """The node's own parameters, validated."""
-
-    use_compressed: bool
-    camera_info_tolerance_s: float
-    camera_info_wait_s: float
-    outputs: dict[str, bool]
-    queue_depth: int
-    odom_frame: str
-    camera_frame: str
-    diagnostics_period_s: float
-
-    @classmethod
-    def from_values(cls, values: dict[str, Any]) -> _Settings:
-        tolerance = float(values['input.camera_info_tolerance_s'])
-        wait = float(values['input.camera_info_wait_s'])
-        _check_seconds('input.camera_info_tolerance_s', tolerance, 0.0, 10.0)
-        _check_seconds('input.camera_info_wait_s', wait, 0.0, 10.0)
-        depth = int(values['outputs.queue_depth'])
-        if not 1 <= depth <= 5:
-            raise ConfigError(f'outputs.queue_depth must be in 1..5, got {depth}.')
-        odom_frame = str(values['frame_ids.odom_frame'])
-        camera_frame = str(values['frame_ids.camera_frame'])
-        for name, frame in (('frame_ids.odom_frame', odom_frame),
-                            ('frame_ids.camera_frame', camera_frame)):
-            if frame.startswith('/') or (frame and not re.fullmatch(r'[A-Za-z0-9_/.\-]+', frame)):
-                raise ConfigError(
-                    f'{name} must be a TF frame id (letters, digits, _ . - /, no leading /), '
-                    f'got {frame!r}.')
-        if not odom_frame:
-            raise ConfigError('frame_ids.odom_frame must not be empty.')
-        if odom_frame == camera_frame:
-            raise ConfigError(f'frame_ids.odom_frame and camera_frame are both {odom_frame!r}.')
-        period = float(values['diagnostics.period_s'])
-        _check_seconds('diagnostics.period_s', period, 0.05, 60.0)
-        outputs = {key: bool(values[f'outputs.{key}'])
-                   for key in ('depth', 'colormap', 'points', 'pose', 'odom', 'tf')}
-        return cls(bool(values['input.use_compressed']), tolerance, wait, outputs, depth,
-                   odom_frame, camera_frame, period)
-
 
 @dataclass
 class _Wanted:
@@ -229,29 +110,6 @@ class _Wanted:
         return self.pose or self.odom or self.tf
 
 
-class _Stats:
-    """Counters for diagnostics; every access holds the node's lock."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.processed = 0
-        self.published = 0
-        self.dropped = 0
-        self.idle = 0
-        self.rejected: Counter[str] = Counter()
-        self.latency_ms: deque[float] = deque(maxlen=LATENCY_HISTORY)
-        self.stage_ms: dict[str, deque[float]] = {}
-        self.last_input = 0.0
-        # Counts at the previous diagnostics tick, for rates.
-        self.tick_time = time.monotonic()
-        self.tick_received = 0
-        self.tick_published = 0
-
-    def add_timings(self, timings: dict[str, float]) -> None:
-        for stage, ms in timings.items():
-            self.stage_ms.setdefault(stage, deque(maxlen=50)).append(ms)
-
-
 class DepthNode(Node):
     """The ``endo_depth`` node (see the module docstring).
 
@@ -272,7 +130,7 @@ class DepthNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self._specs = {spec.name: spec for spec in parameter_specs()}
         values = self._declare_parameters()
-        self._settings = _Settings.from_values(values)
+        self._settings = NodeSettings.from_values(values)
         config = pipeline_config_from_parameters(values)
         self._pipeline = Pipeline(config, model=model)
 
@@ -281,7 +139,7 @@ class DepthNode(Node):
         self._infos: deque[tuple[int, CameraInfo]] = deque(maxlen=CAMERA_INFO_HISTORY)
         self._info_matched = False
         self._info_fallback = False
-        self._stats = _Stats()
+        self._stats = diagnostics.FrameStats()
         self._warned: dict[str, float] = {}
         self._backwards = 0
         self._stopping = False
@@ -327,7 +185,7 @@ class DepthNode(Node):
         overrides = getattr(self, '_parameter_overrides', {})
         unknown = sorted(
             name for name in overrides
-            if name not in self._specs and name.split('.')[0] in _OWN_PREFIXES)
+            if name not in self._specs and name.split('.')[0] in OWN_PREFIXES)
         if unknown:
             raise ConfigError(f'Unknown parameter(s): {", ".join(unknown)} (typo?).')
         return values
@@ -394,13 +252,13 @@ class DepthNode(Node):
             if cloud_values:
                 current = {f'geometry.{f.name}': getattr(self._pipeline.cloud_config, f.name)
                            for f in fields(CloudConfig)}
-                cloud = _build_section('geometry', CloudConfig, {**current, **cloud_values})
+                cloud = build_section('geometry', CloudConfig, {**current, **cloud_values})
             settings = self._settings
             if settings_values:
                 current = {name: self.get_parameter(name).value for name in self._specs
                            if name.split('.')[0] in ('input', 'outputs', 'frame_ids',
                                                      'diagnostics')}
-                settings = _Settings.from_values({**current, **settings_values})
+                settings = NodeSettings.from_values({**current, **settings_values})
         except ConfigError as err:
             return SetParametersResult(successful=False, reason=str(err))
         # Validated: apply (the worker reads these attributes once per frame).
@@ -613,7 +471,7 @@ class DepthNode(Node):
         with self._lock:
             self._stats.published += 1
             if now_ns > 0:  # a sim-time clock reads 0 until /clock arrives
-                self._stats.latency_ms.append((now_ns - result.stamp_ns) / 1e6)
+                self._stats.add_latency((now_ns - result.stamp_ns) / 1e6)
         return (time.perf_counter() - start) * 1e3
 
     # ------------------------------------------------------------------ reporting
@@ -633,37 +491,13 @@ class DepthNode(Node):
 
     def diagnostics_status(self) -> DiagnosticStatus:
         """The node's current status for /diagnostics (rates since the previous call)."""
-        now = time.monotonic()
         with self._lock:
-            stats = self._stats
-            elapsed = max(now - stats.tick_time, 1e-6)
-            input_rate = (stats.received - stats.tick_received) / elapsed
-            output_rate = (stats.published - stats.tick_published) / elapsed
-            stats.tick_time, stats.tick_received = now, stats.received
-            stats.tick_published = stats.published
-            latencies = np.array(stats.latency_ms, dtype=np.float64)
-            rejected = dict(stats.rejected)
-            stages = {k: float(np.median(v)) for k, v in stats.stage_ms.items() if v}
-            counts = (stats.received, stats.processed, stats.published, stats.dropped,
-                      stats.idle)
-            silent_s = now - stats.last_input if stats.last_input else math.inf
-        received, processed, published, dropped, idle = counts
+            tick = self._stats.tick()
         model = self._pipeline.model
         aligner_stats = self._pipeline.aligner.stats
         estimate = self._pipeline.last_pose
-        p50, p95 = (np.percentile(latencies, [50, 95]) if latencies.size else (math.nan,) * 2)
-        values: dict[str, object] = {
-            'input_rate_hz': f'{input_rate:.2f}',
-            'output_rate_hz': f'{output_rate:.2f}',
-            'latency_p50_ms': f'{p50:.1f}',
-            'latency_p95_ms': f'{p95:.1f}',
-            'frames_received': received,
-            'frames_processed': processed,
-            'frames_published': published,
-            'frames_dropped': dropped,
-            'frames_skipped_no_subscribers': idle,
-            'inputs_rejected': sum(rejected.values()),
-            **{f'rejected.{reason}': n for reason, n in sorted(rejected.items())},
+        values = diagnostics.values(tick)
+        values.update({
             'model.name': model.name,
             'model.backend': model.backend,
             'model.device': model.device,
@@ -674,21 +508,12 @@ class DepthNode(Node):
             'alignment.resets': getattr(aligner_stats, 'resets', 'n/a'),
             'odometry.state': estimate.state if estimate is not None else 'off',
             'odometry.inliers': estimate.inliers if estimate is not None else 0,
-            **{f'time_ms.{stage}': f'{ms:.2f}' for stage, ms in sorted(stages.items())},
-        }
-        level, message = DiagnosticStatus.OK, 'running'
-        if received == 0 or silent_s > 2.0:
-            level, message = DiagnosticStatus.WARN, f'no images on {self._image_topic}'
-        elif estimate is not None and estimate.state == 'lost':
-            level, message = DiagnosticStatus.WARN, 'odometry lost'
-        elif rejected and processed == 0:
-            level, message = DiagnosticStatus.WARN, 'every input was rejected'
-        elif input_rate > 0 and output_rate < 0.5 * input_rate:
-            message = f'model slower than the camera: serving {output_rate:.1f} of ' \
-                      f'{input_rate:.1f} Hz (newest frame first)'
+        })
+        level, message = diagnostics.verdict(
+            tick, self._image_topic, estimate.state if estimate is not None else None)
         status = DiagnosticStatus(
-            level=level, name=f'{self.get_fully_qualified_name()}: depth pipeline', message=message,
-            hardware_id=f'{model.name}@{model.device}')
+            level=bytes([level]), name=f'{self.get_fully_qualified_name()}: depth pipeline',
+            message=message, hardware_id=f'{model.name}@{model.device}')
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         return status
 
@@ -709,121 +534,6 @@ class DepthNode(Node):
             self._worker.join(timeout=30.0)
         super().destroy_node()
 
-
-_OWN_PREFIXES = frozenset(
-    {prefix for prefix, _cls, _live in _SECTIONS}
-    | {spec.name.split('.')[0] for spec in _NODE_PARAMETERS})
-
-
-def _build_section(prefix: str, cls: type, values: dict[str, Any]) -> Any:
-    kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        key = f'{prefix}.{f.name}'
-        if f.init and key in values:
-            value = values[key]
-            default = f.default if f.default is not MISSING else None
-            kwargs[f.name] = tuple(value) if isinstance(default, tuple) else value
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        message = str(err)
-        if prefix not in message:
-            message = f'{prefix}: {message}'
-        raise ConfigError(message) from None
-    except TypeError as err:
-        raise ConfigError(f'Invalid {prefix} parameters: {err}') from None
-
-
-def _ros_value(value: object) -> ParameterValue | None:
-    """The value as a ROS parameter type, or None when ROS has no type for it."""
-    if isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, tuple | list) and value:
-        items = list(value)
-        if all(isinstance(v, bool) for v in items):
-            return [bool(v) for v in items]
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            return [int(v) for v in items]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
-            return [float(v) for v in items]
-        if all(isinstance(v, str) for v in items):
-            return [str(v) for v in items]
-    return None
-
-
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """First sentence of each attribute in a Google-style ``Attributes:`` docstring."""
-    docs: dict[str, str] = {}
-    text = cls.__doc__ or ''
-    section = text.split('Attributes:', 1)[1] if 'Attributes:' in text else ''
-    current: str | None = None
-    names: list[str] = []
-    for line in section.splitlines():
-        match = re.match(r'^\s{4,8}([a-z_][a-z0-9_]*(?:, [a-z_][a-z0-9_]*)*): (.*)$', line)
-        if match:
-            names, current = match.group(1).split(', '), match.group(2).strip()
-            for name in names:
-                docs[name] = current
-        elif line.strip() and current is not None:
-            for name in names:
-                docs[name] += ' ' + line.strip()
-        elif not line.strip():
-            current = None
-    return {name: _plain(' '.join(doc.split())) for name, doc in docs.items()}
-
-
-def _plain(text: str) -> str:
-    """Docstring markup (``x``, :func:`f`) as plain text for ROS descriptions."""
-    return re.sub(r':\w+:`~?([^`]*)`', r'\1', text).replace('``', '')
-
-
-def parameters_yaml() -> str:
-    """``config/depth.yaml``: every parameter with its default and description.
-
-    The file is generated from :func:`parameter_specs` (the dataclasses are the one source
-    of defaults); ``test_node_config`` checks that the installed file matches.
-    """
-    lines = [
-        '# Parameters of the endo_depth node (endo_depth_ros), with their defaults.',
-        '#   ros2 run endo_depth_ros depth_node --ros-args --params-file depth.yaml',
-        '#   ros2 launch endo_depth_ros depth.launch.py params_file:=depth.yaml',
-        '# Runs the weight-free photometric model with stream alignment as is. Parameters',
-        "# marked 'live' can be changed while running (ros2 param set); the others are",
-        '# applied at start-up only. Write floating-point values with a decimal point.',
-        '# Generated by endo_depth_ros.ros.node.parameters_yaml() from the code defaults.',
-        '/**:',
-        '  ros__parameters:',
-    ]
-    section = None
-    for spec in parameter_specs():
-        prefix, name = spec.name.split('.', 1)
-        if prefix != section:
-            section = prefix
-            lines.append(f'    {prefix}:')
-        note = ' (live)' if spec.live else ''
-        lines.extend(textwrap.wrap(spec.description + note, width=92,
-                                   initial_indent='      # ', subsequent_indent='      #   '))
-        lines.append(f'      {name}: {_yaml_value(spec.default)}')
-    return '\n'.join(lines) + '\n'
-
-
-def _yaml_value(value: ParameterValue) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, float):
-        if math.isinf(value):
-            return '.inf' if value > 0 else '-.inf'
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, list):
-        return '[' + ', '.join(_yaml_value(v) for v in value) + ']'
-    return str(value)
-
-
-def _check_seconds(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f'{name} must be in [{low}, {high}] seconds, got {value}.')
 
 
 def _info_with_header(info: CameraInfo, stamp_ns: int, frame_id: str) -> CameraInfo:
