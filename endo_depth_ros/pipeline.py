@@ -32,6 +32,7 @@ from endo_depth_ros.errors import BadInputError, ConfigError
 from endo_depth_ros.geometry import CloudConfig, PointCloud, make_cloud
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig, PoseEstimate, VisualOdometry
+from endo_depth_ros.resolution import ResolutionConfig, to_working_size
 from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAligner
 
 #: Names of the per-stage timings in ``FrameResult.timings_ms``.
@@ -86,6 +87,7 @@ class PipelineConfig:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
 
 
 @dataclass
@@ -95,8 +97,9 @@ class FrameResult:
     Attributes:
         index: position of the frame in the stream since the last reset (0-based).
         stamp_ns: the input stamp (ns).
-        rgb: (H, W, 3) uint8, the input image.
-        intrinsics: the input camera.
+        rgb: (H, W, 3) uint8, the input image at the working size
+            (``PipelineConfig.resolution``); every array below has this size.
+        intrinsics: the camera at the working size.
         raw: (H, W) float32 model output (units per ``output_kind``), NaN invalid.
         output_kind: ``'relative_disparity'`` or ``'metric_depth'``.
         depth: (H, W) float32 aligned depth in metres (relative units when the alignment's
@@ -107,6 +110,8 @@ class FrameResult:
         scale: scale of the alignment applied to ``raw``.
         shift: shift of the alignment applied to ``raw``.
         timings_ms: wall time per stage (keys from ``STAGES``), milliseconds.
+        input_size: ``(width, height)`` of the frame as given to ``process`` (None:
+            the working size).
     """
 
     index: int
@@ -122,6 +127,7 @@ class FrameResult:
     scale: float = 1.0
     shift: float = 0.0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    input_size: tuple[int, int] | None = None
 
     @property
     def points(self) -> np.ndarray | None:
@@ -146,6 +152,7 @@ class _InFlight:
     compute_pose: bool
     timings_ms: dict[str, float]
     estimate: PoseEstimate | None = None
+    input_size: tuple[int, int] | None = None
 
 
 class Pipeline:
@@ -224,6 +231,12 @@ class Pipeline:
         """
         self._check_input(rgb, intrinsics, stamp_ns)
         timings: dict[str, float] = {}
+        input_size = intrinsics.size
+        working = self.config.resolution.working_size(*input_size)
+        if working != input_size:
+            start = time.perf_counter()
+            rgb, intrinsics = to_working_size(rgb, intrinsics, working)
+            timings['resize'] = _ms_since(start)
         start = time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
         self._pad_model_time(start)
@@ -249,7 +262,7 @@ class Pipeline:
                 intrinsics=intrinsics, stamp_ns=stamp_ns)
             timings['alignment'] = _ms_since(start)
             frame = _InFlight(stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose,
-                              timings)
+                              timings, input_size=input_size)
             for out in aligned:
                 results.append(self._finish(index, frame, out, estimate))
             return results
@@ -265,7 +278,8 @@ class Pipeline:
             timings['odometry'] += _ms_since(start)
             pose = estimate.pose if estimate.valid else None
         self._in_flight[index] = _InFlight(
-            stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate)
+            stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate,
+            input_size)
         start = time.perf_counter()
         aligned = self.aligner.push(raw, output_kind=self.model.output_kind, pose=pose,
                                     intrinsics=intrinsics, stamp_ns=stamp_ns)
@@ -360,7 +374,8 @@ class Pipeline:
             index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
             raw=frame.raw, output_kind=self.model.output_kind, depth=aligned.depth, cloud=cloud,
             pose=estimate, fallback=bool(aligned.fallback), scale=float(aligned.scale),
-            shift=float(aligned.shift), timings_ms=frame.timings_ms)
+            shift=float(aligned.shift), timings_ms=frame.timings_ms,
+            input_size=frame.input_size)
 
     def _finish_windowed(self, aligned: list[AlignedFrame]) -> list[FrameResult]:
         results = []

@@ -194,7 +194,8 @@ def test_pointcloud2_byte_layout_matches_the_spec_field_by_field() -> None:
             assert _read_field(msg, row, col, name, 'f') == cloud.points[row, col, axis]
         packed = _read_field(msg, row, col, 'rgb', 'I')
         r, g, b = rgb[2 * row, 2 * col]
-        assert packed == (int(r) << 16) | (int(g) << 8) | int(b)  # 0x00RRGGBB
+        # 0xFFRRGGBB: alpha 255 (opaque), as PCL packs colours.
+        assert packed == (0xFF << 24) | (int(r) << 16) | (int(g) << 8) | int(b)
     assert math.isnan(_read_field(msg, 1, 1, 'z', 'f'))  # type: ignore[arg-type]
 
 

@@ -29,6 +29,8 @@ import contextlib
 from dataclasses import dataclass, fields
 import importlib
 import math
+import os
+import signal
 import sys
 import threading
 import time
@@ -43,17 +45,16 @@ import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.context import Context
-from rclpy.exceptions import ParameterException
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import (
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
+from rclpy.qos import QoSProfile
+from rclpy.qos_overriding_options import InvalidQosOverridesError
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -62,7 +63,8 @@ from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.pipeline import FrameResult, Pipeline
-from endo_depth_ros.ros import conversions, diagnostics
+from endo_depth_ros.resolution import upsample_depth
+from endo_depth_ros.ros import conversions, diagnostics, qos
 from endo_depth_ros.ros.parameters import (
     OWN_PREFIXES,
     NodeSettings,
@@ -73,6 +75,8 @@ from endo_depth_ros.ros.parameters import (
     pipeline_config_from_parameters,
 )
 from endo_depth_ros.visualize import colorize_depth
+
+RCLError = _rclpy.RCLError
 
 #: Re-exported: the parameters are defined in ``endo_depth_ros.ros.parameters``.
 __all__ = ['NODE_NAME', 'DepthNode', 'main', 'parameter_specs', 'parameters_yaml',
@@ -88,6 +92,18 @@ WARN_PERIOD_S = 5.0
 STAMP_RESTART_FRAMES = 5
 #: Camera infos kept for pairing with images by stamp.
 CAMERA_INFO_HISTORY = 32
+#: Longest log line (characters): inputs can carry huge strings (100000 distortion values).
+MAX_LOG_CHARS = 500
+#: Longest logged traceback of an unexpected error (characters).
+MAX_TRACEBACK_CHARS = 4000
+
+
+def capped(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f'{text[:limit]}... ({len(text) - limit} more characters)'
+
 
 @dataclass
 class _Wanted:
@@ -142,7 +158,12 @@ class DepthNode(Node):
         self._stats = diagnostics.FrameStats()
         self._warned: dict[str, float] = {}
         self._backwards = 0
+        # Stamp of the last processed frame, and of the last one dropped as a jump ahead.
+        self._last_good_stamp: int | None = None
+        self._jump_stamp: int | None = None
+        self._jumps = 0
         self._stopping = False
+        self._debug = self.get_logger().is_enabled_for(LoggingSeverity.DEBUG)
         # Frame id and camera info of frames in flight (window alignment emits them later).
         self._frames: dict[int, tuple[str, CameraInfo]] = {}
         # Last published pose (stamp, T_odom_camera, covariance), for the odom twist.
@@ -191,8 +212,7 @@ class DepthNode(Node):
         return values
 
     def _create_publishers(self) -> None:
-        qos = QoSProfile(depth=self._settings.queue_depth, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = qos.output_qos(self._settings.queue_depth)
         enabled = self._settings.outputs
         self._pubs: dict[str, Publisher] = {}
         topics: dict[str, tuple[type, str]] = {
@@ -205,8 +225,10 @@ class DepthNode(Node):
         }
         for key, (msg_type, topic) in topics.items():
             if enabled['depth' if key == 'info' else key]:
-                self._pubs[key] = self.create_publisher(msg_type, topic, qos)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', qos)
+                self._pubs[key] = self._with_qos_overrides(
+                    self.create_publisher, msg_type, topic, out_qos)
+        self._diagnostics_pub = self._with_qos_overrides(
+            self.create_publisher, DiagnosticArray, '/diagnostics', qos.output_qos(10))
         self._tf: Any = None
         if enabled['tf']:
             try:
@@ -217,19 +239,52 @@ class DepthNode(Node):
                     '(pose and odom are still published).')
             else:
                 self._tf = tf2_ros.TransformBroadcaster(self)
+        for pub in self._pubs.values():
+            self.get_logger().debug(
+                f'Publishing {pub.topic_name} ({qos.describe(pub.qos_profile)}).')
 
     def _create_subscriptions(self) -> None:
-        if self._settings.use_compressed:
-            self._image_topic = 'image/compressed'
-            self.create_subscription(CompressedImage, self._image_topic, self.on_image,
-                                     qos_profile_sensor_data)
-        else:
-            self._image_topic = 'image'
-            self.create_subscription(Image, self._image_topic, self.on_image,
-                                     qos_profile_sensor_data)
-        self._info_topic = 'camera_info'
-        self.create_subscription(CameraInfo, self._info_topic, self.on_camera_info,
-                                 qos_profile_sensor_data)
+        in_qos = qos.input_qos()
+        image_type: type = CompressedImage if self._settings.use_compressed else Image
+        image_topic = 'image/compressed' if self._settings.use_compressed else 'image'
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_image_qos)
+        self._image_sub = self._with_qos_overrides(
+            self.create_subscription, image_type, image_topic, in_qos, self.on_image,
+            event_callbacks=events)
+        self._info_sub = self._with_qos_overrides(
+            self.create_subscription, CameraInfo, 'camera_info', in_qos, self.on_camera_info)
+        # Resolved names (namespace and remapping applied): what a user finds in `ros2 topic`.
+        self._image_topic = self._image_sub.topic_name
+        self._info_topic = self._info_sub.topic_name
+        for sub in (self._image_sub, self._info_sub):
+            self.get_logger().debug(
+                f'Subscribed to {sub.topic_name} ({qos.describe(sub.qos_profile)}); override '
+                f'with qos_overrides.{sub.topic_name}.subscription.reliability etc.')
+
+    def _with_qos_overrides(self, create: Callable[..., Any], msg_type: type, topic: str,
+                            profile: QoSProfile, *args: Any, **kwargs: Any) -> Any:
+        """``create`` a publisher or subscription whose QoS ``qos_overrides.*`` can change."""
+        try:
+            return create(msg_type, topic, *args, qos_profile=profile,
+                          qos_overriding_options=qos.overriding_options(), **kwargs)
+        except (InvalidQosOverridesError, InvalidParameterTypeException, KeyError,
+                ValueError) as err:
+            name = self.resolve_topic_name(topic)
+            raise ConfigError(
+                f'Invalid qos_overrides.{name}.*: {capped(str(err))} (reliability: reliable, '
+                f'best_effort or best_available; history: keep_last; depth: '
+                f'1..{qos.MAX_DEPTH}).') from None
+
+    def _on_incompatible_image_qos(self, event: Any) -> None:
+        """A publisher on the image topic offers a QoS our subscription cannot match."""
+        self._warn_once(
+            'incompatible_qos',
+            f'A publisher on {self._image_topic} is incompatible with this node\'s '
+            f'{qos.describe(self._image_sub.qos_profile)} subscription (last policy: '
+            f'{getattr(event.last_policy_kind, "name", event.last_policy_kind)}); no images '
+            'will arrive from it. A best-effort (sensor-data) camera driver needs '
+            f'-p qos_overrides.{self._image_topic}.subscription.reliability:=best_effort '
+            '(see README, QoS and HD video).')
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         cloud_values: dict[str, Any] = {}
@@ -307,26 +362,28 @@ class DepthNode(Node):
                 return  # shutting down: publishers are gone, nothing to report
             # A bug must not stop the node serving the next frames; say what happened.
             self._reject('internal_error', f'{type(err).__name__}: {err}')
-            self.get_logger().error(
+            self.get_logger().error(capped(
                 f'Unexpected error while processing a frame (the node keeps serving):\n'
-                f'{traceback.format_exc()}', throttle_duration_sec=5.0)
+                f'{traceback.format_exc()}', MAX_TRACEBACK_CHARS), throttle_duration_sec=5.0)
 
     def process_image(self, msg: Image | CompressedImage) -> dict[str, float]:
         """Convert, run the pipeline and publish one image (called by the worker).
 
         Returns:
-            Per-stage wall time of this call (ms): conversion, model, odometry, alignment,
-            geometry, publish (stages that did not run are absent).
+            Per-stage wall time of this call (ms): conversion, resize, model, odometry,
+            alignment, geometry, publish (stages that did not run are absent).
 
         Raises:
             BadInputError: the image, its camera info or its stamp cannot be used.
         """
         start = time.perf_counter()
+        settings = self._settings
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
+        self._check_stamp_jump(stamp_ns)
         if isinstance(msg, CompressedImage):
-            rgb = conversions.compressed_to_rgb(msg)
+            rgb = conversions.compressed_to_rgb(msg, settings.max_input_pixels)
         else:
-            rgb = conversions.image_to_rgb(msg)
+            rgb = conversions.image_to_rgb(msg, settings.max_input_pixels)
         info = self._camera_info_for(stamp_ns)
         intrinsics = conversions.camera_info_to_intrinsics(info, (rgb.shape[1], rgb.shape[0]))
         frame_id = self._camera_frame(msg.header.frame_id)
@@ -336,6 +393,8 @@ class DepthNode(Node):
         if not wanted.any:
             with self._lock:
                 self._stats.idle += 1
+            if self._debug:
+                self.get_logger().debug(f'Frame {stamp_ns} skipped: no output is subscribed.')
             return {'conversion': conversion_ms}
         self._frames[stamp_ns] = (frame_id, info)
         try:
@@ -343,6 +402,7 @@ class DepthNode(Node):
         except BadInputError:
             self._frames.pop(stamp_ns, None)
             raise
+        self._last_good_stamp = stamp_ns
         timings: dict[str, float] = {'conversion': conversion_ms}
         for result in results:
             publish_ms = self._publish(result, wanted)
@@ -351,7 +411,46 @@ class DepthNode(Node):
         with self._lock:
             self._stats.processed += 1
             self._stats.add_timings(timings)
+        if self._debug:
+            size = results[-1].intrinsics.size if results else intrinsics.size
+            self.get_logger().debug(
+                f'Frame {stamp_ns} ({rgb.shape[1]}x{rgb.shape[0]} -> {size[0]}x{size[1]}): '
+                f'{len(results)} result(s), ' + ', '.join(
+                    f'{stage} {ms:.1f} ms' for stage, ms in timings.items()))
         return timings
+
+    def _check_stamp_jump(self, stamp_ns: int) -> None:
+        """Drop a frame stamped far ahead of the last good one (a wrong clock, a corrupt
+        header) instead of adopting its stamp, which would make the next good frames look
+        out of order; a stream that stays that far ahead is taken as restarted."""
+        last = self._last_good_stamp
+        jump_ns = round(self._settings.max_stamp_jump_s * 1e9)
+        if last is None or stamp_ns - last <= jump_ns:
+            self._jumps = 0
+            return
+        previous_jump = self._jump_stamp
+        self._jump_stamp = stamp_ns
+        # Successive jumped frames must agree with each other to count as a new timeline.
+        consistent = previous_jump is not None and 0 <= stamp_ns - previous_jump <= jump_ns
+        self._jumps = self._jumps + 1 if consistent else 1
+        if self._jumps >= STAMP_RESTART_FRAMES:
+            self.get_logger().warning(
+                f'{self._jumps} frames in a row are stamped more than '
+                f'{self._settings.max_stamp_jump_s} s after the last good frame: taking it as '
+                'a restarted stream and resetting the pipeline.')
+            self._restart_stream()
+            return
+        raise BadInputError(
+            f'Stamp {stamp_ns} ns is {(stamp_ns - last) / 1e9:.3f} s after the last good '
+            f'frame ({last} ns), more than input.max_stamp_jump_s = '
+            f'{self._settings.max_stamp_jump_s} s.', 'stamp_jump')
+
+    def _restart_stream(self) -> None:
+        self._pipeline.reset()
+        self._frames.clear()
+        self._previous_pose = None
+        self._last_good_stamp = None
+        self._jumps = self._backwards = 0
 
     def _run_pipeline(self, rgb: np.ndarray, intrinsics: Any, stamp_ns: int,
                       wanted: _Wanted) -> list[FrameResult]:
@@ -367,9 +466,9 @@ class DepthNode(Node):
             self.get_logger().warning(
                 f'{self._backwards} frames in a row went back in time: taking it as a restarted '
                 'stream (looping bag or restarted driver) and resetting the pipeline.')
-            self._pipeline.reset()
-            self._frames = {stamp_ns: self._frames[stamp_ns]}
-            self._previous_pose = None
+            this_frame = self._frames[stamp_ns]
+            self._restart_stream()
+            self._frames[stamp_ns] = this_frame
             results = self._pipeline.process(rgb, intrinsics, stamp_ns, **kwargs)
         self._backwards = 0
         return results
@@ -438,13 +537,21 @@ class DepthNode(Node):
         if frame_id is None or info is None:
             return 0.0
         stamp_ns = result.stamp_ns
+        depth = result.depth
+        full_size = result.input_size or result.intrinsics.size
+        at_input_size = self._settings.full_resolution or full_size == result.intrinsics.size
+        if self._settings.full_resolution:
+            depth = upsample_depth(depth, full_size)
         if wanted.depth:
-            self._pubs['depth'].publish(conversions.depth_to_image(result.depth, stamp_ns,
-                                                                   frame_id))
+            self._pubs['depth'].publish(conversions.depth_to_image(depth, stamp_ns, frame_id))
         if wanted.info:
-            self._pubs['info'].publish(_info_with_header(info, stamp_ns, frame_id))
+            # At the input size the input's camera_info describes the image (REP-104 ROI
+            # and binning included); at the working size K and P are rescaled.
+            self._pubs['info'].publish(
+                _info_with_header(info, stamp_ns, frame_id) if at_input_size else
+                conversions.rescaled_camera_info(info, result.intrinsics, stamp_ns, frame_id))
         if wanted.colormap:
-            colours = colorize_depth(result.depth)
+            colours = colorize_depth(depth)
             self._pubs['colormap'].publish(conversions.rgb_to_image(colours, stamp_ns, frame_id))
         if wanted.points and result.cloud is not None:
             self._pubs['points'].publish(
@@ -482,12 +589,12 @@ class DepthNode(Node):
         now = time.monotonic()
         if now - self._warned.get(reason, -math.inf) >= WARN_PERIOD_S:
             self._warned[reason] = now
-            self.get_logger().warning(f'Dropped an input ({reason}): {message}')
+            self.get_logger().warning(capped(f'Dropped an input ({reason}): {message}'))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned[key] = time.monotonic()
-            self.get_logger().warning(message)
+            self.get_logger().warning(capped(message))
 
     def diagnostics_status(self) -> DiagnosticStatus:
         """The node's current status for /diagnostics (rates since the previous call)."""
@@ -626,28 +733,62 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def main(args: list[str] | None = None) -> int:
     """Run the node until Ctrl-C/SIGTERM; returns the process exit code.
 
-    Exit codes: 0 after a normal shutdown, 2 when the node cannot start (bad parameter,
-    model that cannot load), with the reason logged on one line.
+    Exit codes: 0 after a normal shutdown; 2 when the node cannot start (bad parameter or
+    ``--ros-args``, missing params file, model that cannot load), with the reason on one
+    line; 128 + the signal number when a second Ctrl-C/SIGTERM arrives while the node
+    is still finishing its current frame (it then exits at once).
     """
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except Exception as err:  # RCLError from bad --ros-args: params file, log level, ...
+        _startup_failure(err)
+        return EXIT_USAGE
     node: DepthNode | None = None
     try:
         node = DepthNode()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except EndoDepthError as err:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'Cannot start: {err}')
+    except (EndoDepthError, RCLError) as err:
+        _startup_failure(err)
         return EXIT_USAGE
     except Exception:
         if rclpy.ok():
             raise
         # The signal handler shut the context down while the node was starting up.
     finally:
+        _exit_on_next_signal()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _startup_failure(err: BaseException) -> None:
+    """Log why the node cannot start, on one line (rcl errors span several)."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()),
+                 type(err).__name__)
+    message = capped(f'Cannot start: {first}')
+    try:
+        rclpy.logging.get_logger(NODE_NAME).fatal(message)
+    except Exception:  # logging itself may not be initialised after a failed init
+        print(f'[FATAL] [{NODE_NAME}]: {message}', file=sys.stderr, flush=True)
+
+
+def _exit_on_next_signal() -> None:
+    """From now on (shutting down), a second Ctrl-C/SIGTERM ends the process at once.
+
+    The worker may be in the middle of a long frame; a user who presses Ctrl-C again
+    wants out, without waiting and without a KeyboardInterrupt traceback.
+    """
+    def exit_now(signum: int, _frame: object) -> None:
+        os.write(2, f'[{NODE_NAME}] second signal {signum}: exiting without finishing the '
+                    'current frame\n'.encode())
+        os._exit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, exit_now)
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.geometry import CloudConfig
 from endo_depth_ros.odometry import OdometryConfig
 from endo_depth_ros.pipeline import ModelConfig, PipelineConfig
+from endo_depth_ros.resolution import ResolutionConfig
 from endo_depth_ros.temporal import AlignmentConfig
 
 #: Pipeline sections whose dataclass fields become ``<section>.<field>`` parameters,
@@ -30,7 +31,10 @@ SECTIONS: tuple[tuple[str, type, bool], ...] = (
     ('alignment', AlignmentConfig, False),
     ('geometry', CloudConfig, True),
     ('odometry', OdometryConfig, False),
+    ('input', ResolutionConfig, False),
 )
+#: ``PipelineConfig`` field of a section, where it differs from the section's prefix.
+PIPELINE_FIELDS = {'geometry': 'cloud', 'input': 'resolution'}
 
 ParameterValue = bool | int | float | str | list[float] | list[int] | list[str] | list[bool]
 
@@ -61,6 +65,12 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   live=True),
     ParameterSpec('input.camera_info_wait_s', 0.1,
                   'how long (s) an image waits for the camera_info of its stamp', live=True),
+    ParameterSpec('input.max_input_pixels', 7680 * 4320,
+                  'larger images are dropped before decoding, from their header (pixels; '
+                  'the default is 8K UHD)', live=True),
+    ParameterSpec('input.max_stamp_jump_s', 10.0,
+                  'an image stamped more than this (s) after the last good one is dropped, '
+                  'not adopted; a stream that stays there is taken as restarted', live=True),
     ParameterSpec('outputs.depth', True, 'publish depth/image (32FC1 m) and depth/camera_info'),
     ParameterSpec('outputs.colormap', True, 'publish depth/colormap (rgb8 turbo, near = red)'),
     ParameterSpec('outputs.points', True, 'publish depth/points (PointCloud2)'),
@@ -68,6 +78,10 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('outputs.odom', True, 'publish odom (nav_msgs/Odometry with covariance)'),
     ParameterSpec('outputs.tf', True, 'broadcast the odom -> camera transform (needs tf2_ros)'),
     ParameterSpec('outputs.queue_depth', 2, 'history depth of the reliable publishers (1-5)'),
+    ParameterSpec('outputs.full_resolution', False,
+                  'publish depth/image, depth/colormap and depth/camera_info at the input '
+                  'size (depth upsampled, nearest) instead of the working size of '
+                  'input.max_width/max_height; the cloud stays at the working size'),
     ParameterSpec('frame_ids.odom_frame', 'odom', 'parent frame of pose, odom and TF'),
     ParameterSpec('frame_ids.camera_frame', '',
                   "frame of the outputs; '' uses the input image's frame_id"),
@@ -90,7 +104,11 @@ def parameter_specs() -> list[ParameterSpec]:
             specs.append(ParameterSpec(f'{prefix}.{f.name}', default,
                                        docs.get(f.name, ''), live))
     specs.extend(NODE_PARAMETERS)
-    return specs
+    # Grouped by section (stable), so that each section is one block in the YAML file.
+    first: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        first.setdefault(spec.name.split('.')[0], i)
+    return sorted(specs, key=lambda spec: first[spec.name.split('.')[0]])
 
 
 def pipeline_config_from_parameters(values: dict[str, Any]) -> PipelineConfig:
@@ -101,32 +119,49 @@ def pipeline_config_from_parameters(values: dict[str, Any]) -> PipelineConfig:
     Raises:
         ConfigError: an invalid value, naming the parameter.
     """
-    parts: dict[str, Any] = {}
-    for prefix, cls, _live in SECTIONS:
-        parts[prefix] = build_section(prefix, cls, values)
-    return PipelineConfig(model=parts['model'], alignment=parts['alignment'],
-                          cloud=parts['geometry'], odometry=parts['odometry'])
+    parts = {PIPELINE_FIELDS.get(prefix, prefix): build_section(prefix, cls, values)
+             for prefix, cls, _live in SECTIONS}
+    return PipelineConfig(**parts)
+
+
+#: Bounds of ``input.max_input_pixels`` (16384 x 16384 at most) and ``max_stamp_jump_s``.
+MAX_INPUT_PIXELS = 16384 * 16384
+STAMP_JUMP_RANGE_S = (0.01, 3600.0)
 
 
 @dataclass(frozen=True)
 class NodeSettings:
-    """The node's own parameters, validated."""
+    """The node's own parameters, validated (see :data:`NODE_PARAMETERS`)."""
 
     use_compressed: bool
     camera_info_tolerance_s: float
     camera_info_wait_s: float
+    max_input_pixels: int
+    max_stamp_jump_s: float
     outputs: dict[str, bool]
     queue_depth: int
+    full_resolution: bool
     odom_frame: str
     camera_frame: str
     diagnostics_period_s: float
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> NodeSettings:
+        """Validate ``{'<section>.<name>': value}`` of every node parameter.
+
+        Raises:
+            ConfigError: a value out of range, naming the parameter.
+        """
         tolerance = float(values['input.camera_info_tolerance_s'])
         wait = float(values['input.camera_info_wait_s'])
         _check_seconds('input.camera_info_tolerance_s', tolerance, 0.0, 10.0)
         _check_seconds('input.camera_info_wait_s', wait, 0.0, 10.0)
+        max_pixels = int(values['input.max_input_pixels'])
+        if not 4 <= max_pixels <= MAX_INPUT_PIXELS:
+            raise ConfigError(
+                f'input.max_input_pixels must be in 4..{MAX_INPUT_PIXELS}, got {max_pixels}.')
+        jump = float(values['input.max_stamp_jump_s'])
+        _check_seconds('input.max_stamp_jump_s', jump, *STAMP_JUMP_RANGE_S)
         depth = int(values['outputs.queue_depth'])
         if not 1 <= depth <= 5:
             raise ConfigError(f'outputs.queue_depth must be in 1..5, got {depth}.')
@@ -146,9 +181,12 @@ class NodeSettings:
         _check_seconds('diagnostics.period_s', period, 0.05, 60.0)
         outputs = {key: bool(values[f'outputs.{key}'])
                    for key in ('depth', 'colormap', 'points', 'pose', 'odom', 'tf')}
-        return cls(bool(values['input.use_compressed']), tolerance, wait, outputs, depth,
-                   odom_frame, camera_frame, period)
-
+        return cls(
+            use_compressed=bool(values['input.use_compressed']),
+            camera_info_tolerance_s=tolerance, camera_info_wait_s=wait,
+            max_input_pixels=max_pixels, max_stamp_jump_s=jump, outputs=outputs,
+            queue_depth=depth, full_resolution=bool(values['outputs.full_resolution']),
+            odom_frame=odom_frame, camera_frame=camera_frame, diagnostics_period_s=period)
 
 
 OWN_PREFIXES = frozenset(
