@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 import importlib
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -144,13 +145,16 @@ class DepthNode(Node):
     def __init__(self, *, model: DepthModel | None = None, start_worker: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        # First: destroy_node() needs these even when the rest of __init__ fails.
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._worker: threading.Thread | None = None
         self._specs = {spec.name: spec for spec in parameter_specs()}
         values = self._declare_parameters()
         self._settings = NodeSettings.from_values(values)
         config = pipeline_config_from_parameters(values)
         self._pipeline = Pipeline(config, model=model)
 
-        self._lock = threading.Condition()
         self._mailbox: Image | CompressedImage | None = None
         self._infos: deque[tuple[int, CameraInfo]] = deque(maxlen=CAMERA_INFO_HISTORY)
         self._info_matched = False
@@ -162,7 +166,6 @@ class DepthNode(Node):
         self._last_good_stamp: int | None = None
         self._jump_stamp: int | None = None
         self._jumps = 0
-        self._stopping = False
         self._debug = self.get_logger().is_enabled_for(LoggingSeverity.DEBUG)
         # Frame id and camera info of frames in flight (window alignment emits them later).
         self._frames: dict[int, tuple[str, CameraInfo]] = {}
@@ -181,7 +184,6 @@ class DepthNode(Node):
             f'{model_.precision}, {model_.output_kind}), alignment '
             f'{config.alignment.mode}, listening on {self._image_topic} + '
             f'{self._info_topic}.')
-        self._worker: threading.Thread | None = None
         if start_worker:
             self._worker = threading.Thread(target=self._run_worker, name='endo_depth_worker',
                                             daemon=True)
@@ -268,7 +270,7 @@ class DepthNode(Node):
             return create(msg_type, topic, *args, qos_profile=profile,
                           qos_overriding_options=qos.overriding_options(), **kwargs)
         except (InvalidQosOverridesError, InvalidParameterTypeException, KeyError,
-                ValueError) as err:
+                ValueError, RuntimeError) as err:  # RuntimeError: an unknown policy value
             name = self.resolve_topic_name(topic)
             raise ConfigError(
                 f'Invalid qos_overrides.{name}.*: {capped(str(err))} (reliability: reliable, '
@@ -321,6 +323,10 @@ class DepthNode(Node):
             self._pipeline.set_cloud_config(cloud)
         self._settings = settings
         return SetParametersResult(successful=True)
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` at which this node processes a ``width`` x ``height`` image."""
+        return self._pipeline.config.resolution.working_size(width, height)
 
     # ------------------------------------------------------------------ callbacks
 
@@ -638,7 +644,12 @@ class DepthNode(Node):
             self._stopping = True
             self._lock.notify_all()
         if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=30.0)
+            self._worker.join(timeout=0.2)
+            if self._worker.is_alive():
+                self.get_logger().info(
+                    'Shutting down: finishing the current frame (press Ctrl-C again to exit '
+                    'at once).')
+                self._worker.join(timeout=30.0)
         super().destroy_node()
 
 
@@ -749,13 +760,17 @@ def main(args: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (EndoDepthError, RCLError) as err:
+    except EndoDepthError as err:
         _startup_failure(err)
         return EXIT_USAGE
-    except Exception:
-        if rclpy.ok():
+    except Exception as err:
+        if not rclpy.ok():
+            pass  # a signal shut the context down (while starting up or spinning)
+        elif node is None and isinstance(err, RCLError):
+            _startup_failure(err)  # e.g. a params file rcl cannot apply to the node
+            return EXIT_USAGE
+        else:
             raise
-        # The signal handler shut the context down while the node was starting up.
     finally:
         _exit_on_next_signal()
         if node is not None:
@@ -768,6 +783,7 @@ def _startup_failure(err: BaseException) -> None:
     """Log why the node cannot start, on one line (rcl errors span several)."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()),
                  type(err).__name__)
+    first = re.sub(r',? at [^,]*\.c:\d+', '', first)  # rcl's source locations
     message = capped(f'Cannot start: {first}')
     try:
         rclpy.logging.get_logger(NODE_NAME).fatal(message)
