@@ -34,6 +34,7 @@ from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
+from endo_depth_ros.resolution import upsample_depth
 
 
 class Progress(Protocol):
@@ -364,7 +365,8 @@ def evaluate_run(
     def collect(outputs: list[FrameResult]) -> None:
         for out in outputs:
             record = pending.pop(out.stamp_ns)
-            record.depth = out.depth
+            # Processed at the working size (PipelineConfig.resolution): score at the bag's.
+            record.depth = upsample_depth(out.depth, out.input_size or out.intrinsics.size)
             record.fallback = out.fallback
             record.timings_ms = dict(out.timings_ms)
             record.runtime_ms = float(sum(out.timings_ms.values()))
