@@ -2,9 +2,11 @@
 
 A thin adapter over :class:`endo_depth_ros.pipeline.Pipeline`:
 
-- subscriptions (sensor-data QoS, so live drivers and bag replay both connect):
-  ``image`` (``sensor_msgs/Image``) or ``image/compressed`` and ``camera_info``;
-- publications, stamped with the input image's header (reliable, shallow queue):
+- subscriptions (reliable, keep last 10; every QoS overridable with
+  ``qos_overrides.<topic>.*``, see :mod:`endo_depth_ros.ros.qos`): ``image``
+  (``sensor_msgs/Image``) or ``image/compressed`` and ``camera_info``;
+- publications at the working size (``input.max_width``/``max_height``), stamped with
+  the input image's header (reliable, shallow queue):
   ``depth/image`` (32FC1 metres, NaN invalid), ``depth/camera_info``,
   ``depth/colormap`` (rgb8 turbo), ``depth/points`` (PointCloud2), ``pose``
   (PoseStamped in ``odom``), ``odom`` (nav_msgs/Odometry), TF ``odom -> camera``
@@ -14,11 +16,12 @@ It never falls behind the camera: the image callback only drops the newest messa
 into a one-slot mailbox (an unprocessed older one is dropped and counted) and a worker
 thread runs the pipeline and publishes. Work for outputs nobody subscribes to is
 skipped. Bad inputs are dropped with one rate-limited warning per cause and counted in
-diagnostics; the node keeps serving. Start-up errors (bad parameters, a model that
-cannot load) end the process with a clear message and exit code 2.
+diagnostics; the node keeps serving. Start-up errors (bad parameters or ``--ros-args``,
+a model that cannot load) end the process with one line and exit code 2.
 
 Parameters are listed with their defaults and meaning in ``config/depth.yaml``;
-:func:`parameter_specs` is the authoritative list.
+:func:`endo_depth_ros.ros.parameters.parameter_specs` is the authoritative list;
+:mod:`endo_depth_ros.ros.diagnostics` builds the ``/diagnostics`` report.
 """
 
 from __future__ import annotations
