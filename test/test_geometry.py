@@ -352,3 +352,11 @@ def test_bad_pose_is_rejected(T: np.ndarray) -> None:
 def test_zero_quaternion_is_rejected() -> None:
     with pytest.raises(BadInputError, match='zero or not finite'):
         geometry.quaternion_to_rotation((0.0, 0.0, 0.0, 0.0))
+
+
+def test_a_cloud_with_infinite_points_is_not_dense() -> None:
+    # fx = fy = 1e-300 used to make such points while is_dense said true.
+    cloud = geometry.PointCloud(
+        points=np.array([[0.0, 0.0, 1.0], [np.inf, 0.0, 1.0]], np.float32), colors=None,
+        organized=False)
+    assert not cloud.is_dense
