@@ -228,13 +228,25 @@ def test_synthetic_frames_come_back_as_depth_cloud_and_poses_with_the_input_head
 def test_compressed_input_is_decoded_when_use_compressed_is_set(ros: RosTestNode) -> None:
     namespace = unique_namespace()
     frame = synthetic_frames()[1]
-    with start_node(namespace, 'input.use_compressed:=true') as node:
+    with start_node(namespace, 'input.use_compressed:=true',
+                    'diagnostics.period_s:=0.2') as node:
         player = Player(ros, namespace, compressed=True)
         player.wait_connected(lambda k: frame.stamp_ns - 1000 + k)
+        # A small PNG whose header announces 20000 x 20000 pixels (2.5 GB decoded) is
+        # refused from its header, before decoding.
+        ok, png = cv2.imencode('.png', frame.rgb[:, :, ::-1])
+        bomb = bytearray(png.tobytes())
+        bomb[16:24] = (20000).to_bytes(4, 'big') * 2
+        bomb_stamp = frame.stamp_ns - 500
+        player.send(CompressedImage(header=conversions.make_header(bomb_stamp, FRAME_ID),
+                                    format='png', data=bytes(bomb)),
+                    conversions.intrinsics_to_camera_info(frame.intrinsics, bomb_stamp,
+                                                          FRAME_ID))
+        player.diagnostic_values(lambda v: v.get('rejected.too_large') == '1')
         player.send_frame(frame, frame.stamp_ns)
         depth = player.wait_depth(frame.stamp_ns)
         node.assert_clean_exit()
-    assert (depth.encoding, depth.width, depth.height) == ('32FC1', WIDTH, HEIGHT)
+    assert ok and (depth.encoding, depth.width, depth.height) == ('32FC1', WIDTH, HEIGHT)
 
 
 def test_camera_info_stamps_that_never_match_fall_back_to_the_newest_with_one_warning(
