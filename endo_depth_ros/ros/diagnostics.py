@@ -34,6 +34,7 @@ class Tick:
         input_rate_hz, output_rate_hz: images received / frames published per second.
         received, processed, published, dropped, idle: totals since start (dropped: an
             unprocessed image replaced by a newer one; idle: skipped, nobody subscribed).
+        lost: images the middleware reports as lost before reaching the node (total).
         new_dropped, new_idle, new_processed: the same counts since the previous report.
         rejected: rejected inputs by reason, totals.
         latency_ms: recent stamp-to-publish latencies.
@@ -48,6 +49,7 @@ class Tick:
     published: int
     dropped: int
     idle: int
+    lost: int
     new_dropped: int
     new_idle: int
     new_processed: int
@@ -66,6 +68,7 @@ class FrameStats:
     published: int = 0
     dropped: int = 0
     idle: int = 0
+    lost: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_HISTORY))
     stage_ms: dict[str, deque[float]] = field(default_factory=dict)
@@ -92,7 +95,8 @@ class FrameStats:
             input_rate_hz=(self.received - received0) / elapsed,
             output_rate_hz=(self.published - published0) / elapsed,
             received=self.received, processed=self.processed, published=self.published,
-            dropped=self.dropped, idle=self.idle, new_dropped=self.dropped - dropped0,
+            dropped=self.dropped, idle=self.idle, lost=self.lost,
+            new_dropped=self.dropped - dropped0,
             new_idle=self.idle - idle0, new_processed=self.processed - processed0,
             rejected=dict(self.rejected),
             latency_ms=np.array(self.latency_ms, dtype=np.float64),
@@ -142,6 +146,7 @@ def values(tick: Tick) -> dict[str, object]:
         'frames_published': tick.published,
         'frames_dropped': tick.dropped,
         'frames_skipped_no_subscribers': tick.idle,
+        'frames_lost_in_transport': tick.lost,
         'inputs_rejected': sum(tick.rejected.values()),
         **{f'rejected.{reason}': n for reason, n in sorted(tick.rejected.items())},
         **{f'time_ms.{stage}': f'{ms:.2f}' for stage, ms in sorted(tick.stage_ms.items())},

@@ -252,7 +252,8 @@ class DepthNode(Node):
         in_qos = qos.input_qos()
         image_type: type = CompressedImage if self._settings.use_compressed else Image
         image_topic = 'image/compressed' if self._settings.use_compressed else 'image'
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_image_qos)
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_image_qos,
+                                            message_lost=self._on_image_lost)
         self._image_sub = self._with_qos_overrides(
             self.create_subscription, image_type, image_topic, in_qos, self.on_image,
             event_callbacks=events)
@@ -279,6 +280,11 @@ class DepthNode(Node):
                 f'Invalid qos_overrides.{name}.*: {capped(str(err))} (reliability: reliable, '
                 f'best_effort or best_available; history: keep_last; depth: '
                 f'1..{qos.MAX_DEPTH}).') from None
+
+    def _on_image_lost(self, event: Any) -> None:
+        """The middleware reports images that never arrived (fragments lost, best effort)."""
+        with self._lock:
+            self._stats.lost += int(event.total_count_change)
 
     def _on_incompatible_image_qos(self, event: Any) -> None:
         """A publisher on the image topic offers a QoS our subscription cannot match."""
