@@ -257,6 +257,10 @@ class GroundTruthModel(DepthModel):
         if self._next is None:
             raise BadInputError('The gt oracle needs ground-truth depth for every frame.',
                                 'no_ground_truth')
+        if self._next.shape != batch.shape[1:3] and all(
+                g > i for g, i in zip(self._next.shape, batch.shape[1:3], strict=True)):
+            # The pipeline works at a smaller working size: sample the truth the same way.
+            self._next = upsample_depth(self._next, (batch.shape[2], batch.shape[1]))
         if self._next.shape != batch.shape[1:3]:
             raise BadInputError(
                 f'Ground-truth depth {self._next.shape[1]}x{self._next.shape[0]} does not '

@@ -84,7 +84,8 @@ def to_working_size(rgb: np.ndarray, intrinsics: Intrinsics,
 def upsample_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) depth brought to ``size`` = ``(width, height)`` by nearest neighbour.
 
-    Nearest, so that no depth is invented between a surface and an invalid (NaN) pixel.
+    Nearest, so that no depth is invented between a surface and an invalid (NaN) pixel
+    (also used to sample ground truth down to the working size).
     """
     if (depth.shape[1], depth.shape[0]) == size:
         return depth
