@@ -55,3 +55,14 @@ def test_the_pipeline_runs_at_the_working_size_and_remembers_the_input_size() ->
     assert result.input_size == (128, 96)
     assert result.cloud is not None and result.cloud.is_dense
     assert 'resize' in result.timings_ms
+
+
+def test_the_gt_oracle_samples_the_truth_at_the_working_size() -> None:
+    from endo_depth_ros.evaluation import GroundTruthModel
+
+    frames = list(render_sequence(SynthConfig(width=128, height=96, frames=1, seed=1)))
+    oracle = GroundTruthModel()
+    pipeline = Pipeline(PipelineConfig(resolution=ResolutionConfig(64, 64)), model=oracle)
+    oracle.set_next(frames[0].depth)
+    (result,) = pipeline.process(frames[0].rgb, frames[0].intrinsics, frames[0].stamp_ns)
+    np.testing.assert_array_equal(result.raw, upsample_depth(frames[0].depth, (64, 48)))
