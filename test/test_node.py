@@ -249,6 +249,29 @@ def test_compressed_input_is_decoded_when_use_compressed_is_set(ros: RosTestNode
     assert ok and (depth.encoding, depth.width, depth.height) == ('32FC1', WIDTH, HEIGHT)
 
 
+@pytest.mark.parametrize('full_resolution', [False, True], ids=['working size', 'full size'])
+def test_outputs_come_at_the_working_size_with_a_rescaled_camera_info(
+        ros: RosTestNode, full_resolution: bool) -> None:
+    namespace = unique_namespace()
+    frame = synthetic_frames()[2]
+    with start_node(namespace, 'input.max_width:=48', 'input.max_height:=48',
+                    f'outputs.full_resolution:={str(full_resolution).lower()}') as node:
+        player = Player(ros, namespace)
+        player.record(info=CameraInfo)
+        player.wait_connected(lambda k: frame.stamp_ns - 1000 + k)
+        player.send_frame(frame, frame.stamp_ns)
+        depth = player.wait_depth(frame.stamp_ns)
+        info = next(m for m in player.outputs['info'].wait_until(
+            lambda ms: any(conversions.stamp_to_ns(m.header.stamp) == frame.stamp_ns
+                           for m in ms)) if conversions.stamp_to_ns(m.header.stamp)
+            == frame.stamp_ns)
+        node.assert_clean_exit()
+    camera = frame.intrinsics if full_resolution else frame.intrinsics.scaled(48, 40)
+    assert (depth.width, depth.height) == (info.width, info.height) == camera.size
+    np.testing.assert_allclose(np.asarray(info.k).reshape(3, 3), camera.K)
+    np.testing.assert_allclose(np.asarray(info.p).reshape(3, 4)[:, :3], camera.K)
+
+
 def test_camera_info_stamps_that_never_match_fall_back_to_the_newest_with_one_warning(
         ros: RosTestNode) -> None:
     namespace = unique_namespace()
