@@ -28,25 +28,17 @@ import json
 import os
 from pathlib import Path
 import random
-import signal
-import sys
 import tempfile
-import time
 
 from endo_depth_ros.bench import add_sizes_argument, parse_sizes, print_table
 from endo_depth_ros.errors import ConfigError, EndoDepthError
 from endo_depth_ros.ros.process import NodeProcess
 
+#: The two ends, each run as ``python -m PROBE send|receive ...``.
+PROBE = 'endo_depth_ros.ros.qos_probe'
 RELIABILITIES = ('best_effort', 'reliable')
 SUBSCRIPTIONS = ('node', 'best_effort', 'reliable')
 MIDDLEWARES = ('default', 'shm', 'udp-buffers')
-TOPIC = '/bench/image'
-#: Pause after matching before the first frame (s): discovery may still run on the far side.
-SETTLE_S = 0.5
-#: How long the sender waits for the receiver to match (s); no match = incompatible QoS.
-MATCH_TIMEOUT_S = 10.0
-#: Time the receiver keeps listening after the last frame was sent (s).
-GRACE_S = 1.5
 
 _SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
 <dds xmlns="http://www.eprosima.com">
@@ -180,11 +172,11 @@ def _middleware_env(name: str, frame_bytes: int, args: argparse.Namespace,
 
 def _measure(width: int, height: int, publisher: str, subscription: str,
              args: argparse.Namespace, env: dict[str, str]) -> tuple[int, int, bool]:
-    timeout = args.frames / args.rate + 60.0
-    receiver = NodeProcess(['-m', __name__, 'receive', subscription], env,
+    timeout = args.frames / args.rate + 60.0  # matching, settling and grace included
+    receiver = NodeProcess(['-m', PROBE, 'receive', subscription], env,
                            name='the receiver')
     try:
-        sender = NodeProcess(['-m', __name__, 'send', publisher, str(width), str(height),
+        sender = NodeProcess(['-m', PROBE, 'send', publisher, str(width), str(height),
                               str(args.frames), str(args.rate)], env, name='the sender')
         try:
             code = sender.wait(timeout)
@@ -202,80 +194,3 @@ def _measure(width: int, height: int, publisher: str, subscription: str,
     finally:
         receiver.close()
     return int(report['sent']), int(received), bool(report.get('matched', True))
-
-
-# ---------------------------------------------------------------------- the two processes
-
-
-def _send(reliability: str, width: int, height: int, frames: int, rate: float) -> None:
-    import numpy as np
-    from rclpy.event_handler import PublisherEventCallbacks
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from endo_depth_ros.ros import conversions, spinning
-
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10 if reliability == 'reliable'
-                     else 5, reliability=ReliabilityPolicy[reliability.upper()])
-    rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    msg = conversions.rgb_to_image(rgb, 0, 'bench')
-    matched = spinning.MatchCounter()
-    with spinning.SpinningNode('qos_bench_sender') as ros:
-        pub = ros.node.create_publisher(
-            Image, TOPIC, qos, event_callbacks=PublisherEventCallbacks(
-                matched=matched.callback(TOPIC)))
-        if not matched.wait(1, timeout=MATCH_TIMEOUT_S):
-            # Incompatible QoS (best-effort publisher, reliable subscription): nothing sent.
-            print(json.dumps({'sent': frames, 'matched': False}), flush=True)
-            return
-        time.sleep(SETTLE_S)
-        start = time.perf_counter()
-        for i in range(frames):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            msg.header.stamp = conversions.ns_to_stamp(time.time_ns())
-            pub.publish(msg)
-        time.sleep(GRACE_S)
-    print(json.dumps({'sent': frames}), flush=True)
-
-
-def _receive(subscription: str) -> None:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-    from rclpy.qos import ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from endo_depth_ros.ros import qos
-
-    profile = qos.input_qos()
-    if subscription != 'node':
-        reliability, _, depth = subscription.partition('@')
-        profile.reliability = ReliabilityPolicy[reliability.upper()]
-        profile.depth = int(depth or qos.INPUT_DEPTH)
-    count = 0
-
-    def on_image(_msg: Image) -> None:
-        nonlocal count
-        count += 1
-
-    rclpy.init()
-    node = rclpy.create_node('qos_bench_receiver')
-    node.create_subscription(Image, TOPIC, on_image, profile)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    print(json.dumps({'received': count}), flush=True)
-
-
-if __name__ == '__main__':
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    role, *rest = sys.argv[1:]
-    if role == 'send':
-        _send(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), float(rest[4]))
-    else:
-        _receive(rest[0])
