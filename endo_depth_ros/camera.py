@@ -143,3 +143,79 @@ def load_camera_info_yaml(path: str | Path) -> Intrinsics:
     except (KeyError, TypeError, ValueError) as err:
         raise BadInputError(f'{path}: not a camera_info YAML (image_width, image_height, '
                             f'camera_matrix.data): {err}', 'intrinsics') from None
+
+
+#: Plausible focal lengths as a multiple of the image width (fx) or height (fy): from a
+#: ~175 degree fisheye (0.02) to a narrow telescope (50).
+FOCAL_RANGE = (0.02, 50.0)
+#: The principal point may lie this fraction of the image size outside its borders.
+PRINCIPAL_POINT_MARGIN = 0.25
+
+
+def check_camera_matrix(K: np.ndarray, width: int, height: int) -> None:
+    """Refuse a camera matrix that cannot describe a real ``width`` x ``height`` camera.
+
+    Checks that ``K`` is upper triangular with ``K[2, 2] = 1`` (no skew is required),
+    that fx and fy lie in :data:`FOCAL_RANGE` times the width and height, and that the
+    principal point lies within :data:`PRINCIPAL_POINT_MARGIN` of the image.
+
+    Args:
+        K: (3, 3) camera matrix (pixels).
+        width, height: image size the matrix refers to (pixels).
+
+    Raises:
+        BadInputError: reason ``'intrinsics'`` naming the failed check and the values.
+    """
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)):
+        raise BadInputError(f'Camera matrix K has non-finite values: {K.ravel().tolist()}.',
+                            'intrinsics')
+    if abs(K[2, 2] - 1.0) > 1e-6 or np.any(K[[1, 2, 2], [0, 0, 1]] != 0.0):
+        raise BadInputError(
+            f'Camera matrix K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got '
+            f'{K.ravel().tolist()}.', 'intrinsics')
+    low, high = FOCAL_RANGE
+    for name, focal, side in (('fx', K[0, 0], width), ('fy', K[1, 1], height)):
+        if not low * side <= focal <= high * side:
+            raise BadInputError(
+                f'Focal length {name}={focal:.6g} px is implausible for a {width}x{height} '
+                f'image (expected {low:g} to {high:g} times {side} px).', 'intrinsics')
+    for name, centre, side in (('cx', K[0, 2], width), ('cy', K[1, 2], height)):
+        margin = PRINCIPAL_POINT_MARGIN * side
+        if not -margin <= centre <= side + margin:
+            raise BadInputError(
+                f'Principal point {name}={centre:.6g} px lies outside the {width}x{height} '
+                f'image by more than {PRINCIPAL_POINT_MARGIN:.0%} of its size.', 'intrinsics')
+
+
+def crop_and_bin(intrinsics: Intrinsics, roi: tuple[int, int, int, int],
+                 binning: tuple[int, int]) -> Intrinsics:
+    """The camera of an image cut to a region of interest and then binned (REP-104).
+
+    ``intrinsics`` describe the full sensor; the image holds the region ``roi``
+    = ``(x_offset, y_offset, width, height)`` (all zero: the full sensor), downsampled by
+    ``binning`` = ``(binning_x, binning_y)`` (0 or 1: none). As image_geometry does:
+    ``fx' = fx / bx``, ``cx' = (cx - x_offset) / bx``, size ``roi / binning``.
+
+    Raises:
+        BadInputError: reason ``'intrinsics'`` when the region leaves the sensor, or the
+            binning is larger than the region.
+    """
+    x, y, w, h = (int(v) for v in roi)
+    bx, by = (max(1, int(b)) for b in binning)
+    if (x, y, w, h) == (0, 0, 0, 0):
+        w, h = intrinsics.width, intrinsics.height
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > intrinsics.width or (
+            y + h > intrinsics.height):
+        raise BadInputError(
+            f'Region of interest x={x}, y={y}, {w}x{h} does not fit the '
+            f'{intrinsics.width}x{intrinsics.height} sensor of the camera_info.', 'intrinsics')
+    if bx > w or by > h or bx > 64 or by > 64:
+        raise BadInputError(
+            f'Binning {bx}x{by} is larger than the {w}x{h} region (or than 64).', 'intrinsics')
+    if (x, y, w, h, bx, by) == (0, 0, intrinsics.width, intrinsics.height, 1, 1):
+        return intrinsics
+    return Intrinsics(
+        width=w // bx, height=h // by, fx=intrinsics.fx / bx, fy=intrinsics.fy / by,
+        cx=(intrinsics.cx - x) / bx, cy=(intrinsics.cy - y) / by,
+        distortion_model=intrinsics.distortion_model, distortion=intrinsics.distortion)

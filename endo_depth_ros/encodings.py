@@ -58,6 +58,13 @@ DISTORTION_COEFFICIENTS: dict[str, tuple[int, ...]] = {
 }
 
 _UINT16_MAX = 65535
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+#: JPEG markers without a length field, and the start-of-frame markers holding the size.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+_JPEG_START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: Bytes of a compressed stream searched for its size (JPEG headers with big EXIF/ICC
+#: segments put the frame header further in; the segment walk skips them).
+_HEADER_SCAN_BYTES = 1 << 20
 
 
 def _layout(encoding: str) -> _Layout:
@@ -76,6 +83,18 @@ def _as_bytes_view(data: Any) -> np.ndarray:
     except (TypeError, ValueError):
         # Plain lists or non-contiguous arrays: one copy is unavoidable.
         return np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    """Raise unless a ``width`` x ``height`` image has at most ``max_pixels`` pixels.
+
+    Raises:
+        BadInputError: reason ``'too_large'`` naming the size and the limit.
+    """
+    if max_pixels is not None and int(width) * int(height) > max_pixels:
+        raise BadInputError(
+            f'Image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels '
+            '(input.max_input_pixels); dropped before decoding.', 'too_large')
 
 
 def decode_image(
@@ -232,13 +251,55 @@ def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(array), codes[encoding])
 
 
-def decode_compressed(format: str, data: Any) -> np.ndarray:
+def compressed_image_size(data: Any) -> tuple[int, int] | None:
+    """``(width, height)`` of a PNG or JPEG stream, read from its header (no decoding).
+
+    PNG: the IHDR chunk that must come first; JPEG: the first start-of-frame segment.
+
+    Returns:
+        The size in pixels, or None when ``data`` is neither a PNG nor a JPEG stream
+        with a readable header.
+    """
+    raw = bytes(_as_bytes_view(data)[:_HEADER_SCAN_BYTES])
+    if raw.startswith(_PNG_SIGNATURE):
+        if len(raw) < 24 or raw[12:16] != b'IHDR':
+            return None
+        return int.from_bytes(raw[16:20], 'big'), int.from_bytes(raw[20:24], 'big')
+    if not raw.startswith(b'\xff\xd8'):
+        return None
+    pos = 2
+    while pos + 4 <= len(raw):
+        if raw[pos] != 0xFF:
+            return None
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        length = int.from_bytes(raw[pos + 2:pos + 4], 'big')
+        if marker in _JPEG_START_OF_FRAME:
+            if pos + 9 > len(raw):
+                return None
+            height = int.from_bytes(raw[pos + 5:pos + 7], 'big')
+            width = int.from_bytes(raw[pos + 7:pos + 9], 'big')
+            return width, height
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def decode_compressed(format: str, data: Any, max_pixels: int | None = None) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` payload (JPEG or PNG) with OpenCV.
 
     Args:
         format: the message's ``format`` field, e.g. ``'jpeg'``, ``'png'``,
             ``'rgb8; jpeg compressed bgr8'`` or ``'mono8; png compressed mono8'``.
         data: the compressed bytes.
+        max_pixels: refuse larger images, from the size in the stream's header, before
+            decoding (None: no limit).
 
     Returns:
         (H, W, 3) uint8 RGB for colour payloads (alpha dropped), (H, W) uint8 or
@@ -247,7 +308,8 @@ def decode_compressed(format: str, data: Any) -> np.ndarray:
     Raises:
         BadInputError: reason ``'encoding'`` for a format that is neither JPEG nor PNG
             (including ``compressedDepth``), ``'empty'`` for no data, ``'decode'`` when
-            OpenCV cannot decode the bytes.
+            the bytes are not a PNG/JPEG stream OpenCV can decode, ``'too_large'`` when
+            the header announces more than ``max_pixels`` pixels.
     """
     fmt = format.lower()
     if 'compresseddepth' in fmt or not any(k in fmt for k in ('jpeg', 'jpg', 'png')):
@@ -257,6 +319,12 @@ def decode_compressed(format: str, data: Any) -> np.ndarray:
     raw = _as_bytes_view(data)
     if raw.size == 0:
         raise BadInputError(f'Compressed image ({format!r}) has no data.', 'empty')
+    size = compressed_image_size(raw)
+    if size is None:
+        raise BadInputError(
+            f'{raw.size} bytes of compressed image ({format!r}) do not start with a PNG or '
+            'JPEG header.', 'decode')
+    check_pixels(*size, max_pixels)
     image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise BadInputError(
@@ -302,7 +370,7 @@ def intrinsics_from_fields(
     if allowed is not None and D.size not in allowed:
         raise BadInputError(
             f'Distortion model {distortion_model!r} takes {allowed} coefficients, '
-            f'got {D.size}: {D.tolist()}.', 'intrinsics')
+            f'got {D.size}: {D[:8].tolist()}{" ..." if D.size > 8 else ""}.', 'intrinsics')
     # Intrinsics validates finiteness, focal lengths, size and the model name.
     return Intrinsics.from_matrix(K, int(width), int(height), distortion_model, D)
 

@@ -35,6 +35,7 @@ from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoa
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.models.base import OutputKind
 from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
+from endo_depth_ros.resolution import upsample_depth
 from endo_depth_ros.scale import StereoPair
 
 
@@ -301,6 +302,10 @@ class GroundTruthModel(DepthModel):
         if self._next is None:
             raise BadInputError('The gt oracle needs ground-truth depth for every frame.',
                                 'no_ground_truth')
+        if self._next.shape != batch.shape[1:3] and all(
+                g > i for g, i in zip(self._next.shape, batch.shape[1:3], strict=True)):
+            # The pipeline works at a smaller working size: sample the truth the same way.
+            self._next = upsample_depth(self._next, (batch.shape[2], batch.shape[1]))
         if self._next.shape != batch.shape[1:3]:
             raise BadInputError(
                 f'Ground-truth depth {self._next.shape[1]}x{self._next.shape[0]} does not '
@@ -436,7 +441,8 @@ def evaluate_run(
     def collect(outputs: list[FrameResult]) -> None:
         for out in outputs:
             record = pending.pop(out.stamp_ns)
-            record.depth = out.depth
+            # Processed at the working size (PipelineConfig.resolution): score at the bag's.
+            record.depth = upsample_depth(out.depth, out.input_size or out.intrinsics.size)
             record.fallback = out.fallback
             record.timings_ms = dict(out.timings_ms)
             record.runtime_ms = float(sum(out.timings_ms.values()))

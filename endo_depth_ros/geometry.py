@@ -30,12 +30,18 @@ _RAY_REPROJECTION_TOLERANCE_PX = 0.01
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
 
 
+#: Upper bounds of the CloudConfig fields (changed live: a huge value must not stall frames).
+MAX_STRIDE = 64
+MAX_SPECULAR_DILATE_PX = 50
+MAX_FOV_RADIUS = 10.0
+
+
 @dataclass(frozen=True)
 class CloudConfig:
     """How depth images become point clouds.
 
     Attributes:
-        stride: keep every ``stride``-th pixel in both directions (decimation, >= 1).
+        stride: keep every ``stride``-th pixel in both directions (decimation, 1..64).
         min_range_m: depths (z, metres) at or below this are dropped (>= 0).
         max_range_m: depths above this are dropped (> min_range_m; ``inf`` disables).
         mask_specular: drop saturated specular highlights found in the RGB image
@@ -43,10 +49,10 @@ class CloudConfig:
         specular_threshold: a pixel is specular when all its RGB channels are at least
             this value (1..255).
         specular_dilate_px: grow the specular mask by this many pixels, because depth
-            around a highlight is unreliable too (>= 0).
+            around a highlight is unreliable too (0..50).
         fov_mask: drop pixels outside the endoscope's circular field of view.
         fov_radius: radius of that circle as a fraction of half the shorter image
-            side, centred on the image (> 0; 1.0 touches the shorter sides).
+            side, centred on the image (0..10; 1.0 touches the shorter sides).
         colour: attach per-point RGB colours when an RGB image is given.
         organized: keep the (h, w) image layout with NaN for dropped pixels instead of
             an (N, 3) list of valid points.
@@ -73,8 +79,9 @@ class CloudConfig:
             if f.type == 'float' and (
                     isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f'CloudConfig.{f.name} must be a number, got {value!r}.')
-        if self.stride < 1:
-            raise ConfigError(f'CloudConfig.stride must be >= 1, got {self.stride}.')
+        # Upper bounds too: these apply live, and a huge value would cost every frame.
+        if not 1 <= self.stride <= MAX_STRIDE:
+            raise ConfigError(f'CloudConfig.stride must be in 1..{MAX_STRIDE}, got {self.stride}.')
         if not (math.isfinite(self.min_range_m) and self.min_range_m >= 0):
             raise ConfigError(
                 f'CloudConfig.min_range_m must be finite and >= 0, got {self.min_range_m}.')
@@ -85,12 +92,13 @@ class CloudConfig:
         if not 1 <= self.specular_threshold <= 255:
             raise ConfigError(
                 f'CloudConfig.specular_threshold must be in 1..255, got {self.specular_threshold}.')
-        if self.specular_dilate_px < 0:
+        if not 0 <= self.specular_dilate_px <= MAX_SPECULAR_DILATE_PX:
             raise ConfigError(
-                f'CloudConfig.specular_dilate_px must be >= 0, got {self.specular_dilate_px}.')
-        if not (math.isfinite(self.fov_radius) and self.fov_radius > 0):
+                f'CloudConfig.specular_dilate_px must be in 0..{MAX_SPECULAR_DILATE_PX}, '
+                f'got {self.specular_dilate_px}.')
+        if not (math.isfinite(self.fov_radius) and 0 < self.fov_radius <= MAX_FOV_RADIUS):
             raise ConfigError(
-                f'CloudConfig.fov_radius must be finite and > 0, got {self.fov_radius}.')
+                f'CloudConfig.fov_radius must be in (0, {MAX_FOV_RADIUS}], got {self.fov_radius}.')
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,8 +128,8 @@ class PointCloud:
 
     @property
     def is_dense(self) -> bool:
-        """True when no point is NaN (always for unorganised clouds)."""
-        return not self.organized or not bool(np.isnan(self.points).any())
+        """True when every point is finite (PointCloud2 ``is_dense``: no NaN or inf)."""
+        return bool(np.isfinite(self.points).all())
 
     def __len__(self) -> int:
         return self.height * self.width

@@ -34,6 +34,7 @@ from endo_depth_ros.geometry import CloudConfig, PointCloud, make_cloud
 from endo_depth_ros.masks import FieldOfView, FieldOfViewConfig
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig, PoseEstimate, VisualOdometry
+from endo_depth_ros.resolution import ResolutionConfig, to_working_size
 from endo_depth_ros.scale import MetricScale, ScaleConfig, StereoPair
 from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAligner
 
@@ -92,6 +93,7 @@ class PipelineConfig:
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
 
 
 @dataclass
@@ -101,8 +103,9 @@ class FrameResult:
     Attributes:
         index: position of the frame in the stream since the last reset (0-based).
         stamp_ns: the input stamp (ns).
-        rgb: (H, W, 3) uint8, the input image.
-        intrinsics: the input camera.
+        rgb: (H, W, 3) uint8, the input image at the working size
+            (``PipelineConfig.resolution``); every array below has this size.
+        intrinsics: the camera at the working size.
         raw: (H, W) float32 model output (units per ``output_kind``), NaN invalid.
         output_kind: ``'relative_disparity'`` or ``'metric_depth'``.
         depth: (H, W) float32 aligned depth in metres (relative units when the alignment's
@@ -115,6 +118,8 @@ class FrameResult:
         timings_ms: wall time per stage (keys from ``STAGES``), milliseconds.
         view: (H, W) bool field of view of the endoscope (``masks``); ``raw``, ``depth``
             and the cloud are NaN / empty outside it. None: every pixel is in view.
+        input_size: ``(width, height)`` of the frame as given to ``process`` (None:
+            the working size).
     """
 
     index: int
@@ -131,6 +136,7 @@ class FrameResult:
     shift: float = 0.0
     timings_ms: dict[str, float] = field(default_factory=dict)
     view: np.ndarray | None = None
+    input_size: tuple[int, int] | None = None
 
     @property
     def points(self) -> np.ndarray | None:
@@ -157,6 +163,7 @@ class _InFlight:
     estimate: PoseEstimate | None = None
     stereo: StereoPair | None = None
     view: np.ndarray | None = None
+    input_size: tuple[int, int] | None = None
 
 
 class Pipeline:
@@ -239,6 +246,17 @@ class Pipeline:
         """
         self._check_input(rgb, intrinsics, stamp_ns)
         timings: dict[str, float] = {}
+        input_size = intrinsics.size
+        working = self.config.resolution.working_size(*input_size)
+        if working != input_size:
+            start = time.perf_counter()
+            rgb, intrinsics_working = to_working_size(rgb, intrinsics, working)
+            if stereo is not None:
+                # The pair stays a pair: the right image takes the left one's working size.
+                stereo = StereoPair(to_working_size(stereo.right, intrinsics, working)[0],
+                                    stereo.baseline_m)
+            intrinsics = intrinsics_working
+            timings['resize'] = _ms_since(start)
         start = time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
         self._pad_model_time(start)
@@ -268,7 +286,7 @@ class Pipeline:
                 intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
             timings['alignment'] = _ms_since(start)
             frame = _InFlight(stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose,
-                              timings, stereo=stereo, view=view)
+                              timings, stereo=stereo, view=view, input_size=input_size)
             for out in aligned:
                 results.append(self._finish(index, frame, out, estimate))
             return results
@@ -285,7 +303,7 @@ class Pipeline:
             pose = estimate.pose if estimate.valid else None
         self._in_flight[index] = _InFlight(
             stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate,
-            stereo, view)
+            stereo, view, input_size)
         start = time.perf_counter()
         aligned = self.aligner.push(raw, output_kind=self.model.output_kind, pose=pose,
                                     intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
@@ -401,7 +419,8 @@ class Pipeline:
             index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
             raw=frame.raw, output_kind=self.model.output_kind, depth=depth, cloud=cloud,
             pose=estimate, fallback=bool(aligned.fallback), scale=float(aligned.scale),
-            shift=float(aligned.shift), timings_ms=frame.timings_ms, view=frame.view)
+            shift=float(aligned.shift), timings_ms=frame.timings_ms, view=frame.view,
+            input_size=frame.input_size)
 
     def _finish_windowed(self, aligned: list[AlignedFrame]) -> list[FrameResult]:
         results = []

@@ -8,7 +8,11 @@ Arguments (``ros2 launch endo_depth_ros depth.launch.py --show-args``):
   image_topic        input images (image/compressed follows as <image_topic>/compressed)
   camera_info_topic  input camera info
   use_sim_time       'true' when replaying a bag with --clock
-  log_level          debug, info, warn, error or fatal
+  log_level          level of the node's logger only (debug, info, warn, error, fatal);
+                     rcl/rmw keep theirs
+
+The launch ends when the node exits; when the node fails (exit code 2 on a bad parameter)
+the launch fails too (exit code 1), so a supervisor sees it instead of a launch idling on.
 
 Example, next to a bag replay::
 
@@ -21,7 +25,8 @@ from __future__ import annotations
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -38,7 +43,8 @@ ARGUMENTS = (
      'input image topic (image/compressed is remapped to <image_topic>/compressed)'),
     ('camera_info_topic', '/endoscope/camera_info', 'input camera_info topic'),
     ('use_sim_time', 'false', "use /clock time (set 'true' for bag replays with --clock)"),
-    ('log_level', 'info', 'logging level: debug, info, warn, error or fatal'),
+    ('log_level', 'info',
+     "the node's logging level: debug, info, warn, error or fatal (rcl and rmw keep theirs)"),
 )
 
 
@@ -49,6 +55,12 @@ def default_params_file() -> str:
 
 def _is_true(text: str) -> bool:
     return text.strip().lower() in ('true', '1', 'yes', 'on')
+
+
+def node_logger_name(namespace: str, name: str = 'endo_depth') -> str:
+    """The rclpy logger of a node: ``'/a/b'``, ``'endo_depth'`` -> ``'a.b.endo_depth'``."""
+    parts = [p for p in namespace.split('/') if p]
+    return '.'.join([*parts, name])
 
 
 def _node(context: LaunchContext) -> list[Node]:
@@ -75,8 +87,20 @@ def _node(context: LaunchContext) -> list[Node]:
             ('image/compressed', f'{image_topic.rstrip("/")}/compressed'),
             ('camera_info', arg('camera_info_topic')),
         ],
-        arguments=['--ros-args', '--log-level', arg('log_level')],
+        # The node's logger (and its children) only: a global level would also turn on
+        # hundreds of rcl/rmw debug lines a second.
+        arguments=['--ros-args', '--log-level',
+                   f'{node_logger_name(arg("namespace"))}:={arg("log_level")}'],
+        on_exit=_on_node_exit,
     )]
+
+
+def _on_node_exit(event: ProcessExited, _context: LaunchContext) -> list[Shutdown]:
+    """End the launch with the node; a failed node makes the launch fail too (exit 1)."""
+    if event.returncode != 0:
+        # launch turns an exception into an error line, a shutdown and exit code 1.
+        raise RuntimeError(f'the endo_depth node exited with code {event.returncode}')
+    return [Shutdown(reason='the endo_depth node exited')]
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.publisher import Publisher
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 
 from endo_depth_ros.ros import process, spinning
@@ -122,7 +122,7 @@ class RosTestNode(spinning.SpinningNode):
         return recorder
 
     def publisher(self, msg_type: type[Any], topic: str,
-                  qos: QoSProfile | int = qos_profile_sensor_data) -> MatchedPublisher:
+                  qos: QoSProfile | int = 10) -> MatchedPublisher:
         """A publisher whose ``wait_for_subscribers`` waits on the matched event."""
         return MatchedPublisher(self.node, msg_type, topic, qos)
 

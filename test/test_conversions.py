@@ -194,7 +194,8 @@ def test_pointcloud2_byte_layout_matches_the_spec_field_by_field() -> None:
             assert _read_field(msg, row, col, name, 'f') == cloud.points[row, col, axis]
         packed = _read_field(msg, row, col, 'rgb', 'I')
         r, g, b = rgb[2 * row, 2 * col]
-        assert packed == (int(r) << 16) | (int(g) << 8) | int(b)  # 0x00RRGGBB
+        # 0xFFRRGGBB: alpha 255 (opaque), as PCL packs colours.
+        assert packed == (0xFF << 24) | (int(r) << 16) | (int(g) << 8) | int(b)
     assert math.isnan(_read_field(msg, 1, 1, 'z', 'f'))  # type: ignore[arg-type]
 
 
@@ -293,3 +294,21 @@ def test_stamp_round_trip(stamp_ns: int) -> None:
     assert 0 <= stamp.nanosec < 1_000_000_000
     assert conv.stamp_to_ns(stamp) == stamp_ns
     assert stamp.sec == stamp_ns // 1_000_000_000
+
+
+def test_camera_info_at_the_working_size_maps_k_and_p_like_the_pixels() -> None:
+    sensor = Intrinsics(1920, 1080, 1000.0, 1000.0, 959.5, 539.5)
+    info = conv.intrinsics_to_camera_info(sensor, STAMP, FRAME)
+    p = np.asarray(info.p).reshape(3, 4)
+    p[0, 3] = -50.0  # a stereo baseline term must be scaled too
+    info.p = p.reshape(-1)
+    info.binning_x = info.binning_y = 1
+    working = sensor.scaled(640, 360)
+    out = conv.rescaled_camera_info(info, working, STAMP + 1, 'other')
+    assert (out.width, out.height, out.binning_x, out.binning_y) == (640, 360, 0, 0)
+    np.testing.assert_allclose(np.asarray(out.k).reshape(3, 3), working.K)
+    np.testing.assert_allclose(np.asarray(out.p).reshape(3, 4)[:, :3], working.K)
+    assert out.p[3] == pytest.approx(-50.0 / 3)
+    assert out.header.frame_id == 'other' and conv.stamp_to_ns(out.header.stamp) == STAMP + 1
+    # The camera_info of the output describes the output image.
+    assert conv.camera_info_to_intrinsics(out, (640, 360)) == working

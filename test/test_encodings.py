@@ -315,3 +315,20 @@ def test_depth_from_encoding_returns_a_writable_copy() -> None:
 def test_depth_conversion_rejects_non_depth_encoding(function: object) -> None:
     with pytest.raises(BadInputError, match="'mono8'"):
         function(np.zeros((H, W), np.uint8), 'mono8')  # type: ignore[operator]
+
+
+def test_compressed_sizes_are_read_from_the_header_and_bombs_refused_before_decoding() -> None:
+    image = np.zeros((37, 53, 3), np.uint8)
+    for ext in ('.png', '.jpg'):
+        ok, data = cv2.imencode(ext, image)
+        assert ok and encodings.compressed_image_size(data) == (53, 37)
+    ok, png = cv2.imencode('.png', image)
+    bomb = bytearray(png.tobytes())
+    bomb[16:24] = (20000).to_bytes(4, 'big') * 2  # a 20000 x 20000 header on a tiny file
+    with pytest.raises(BadInputError, match='20000x20000') as info:
+        encodings.decode_compressed('png', bytes(bomb), max_pixels=7680 * 4320)
+    assert info.value.reason == 'too_large'
+    with pytest.raises(BadInputError) as info:
+        encodings.decode_compressed('jpeg', b'GIF89a' + bytes(100))
+    assert info.value.reason == 'decode'
+    assert encodings.decode_compressed('png', png, max_pixels=53 * 37).shape == (37, 53, 3)

@@ -249,14 +249,18 @@ def test_depth_to_points_marks_invalid_depth_nan() -> None:
 @pytest.mark.parametrize(
     ('kwargs', 'match'),
     [
-        ({'stride': 0}, 'stride must be >= 1, got 0'),
+        ({'stride': 0}, r'stride must be in 1\.\.64, got 0'),
+        ({'stride': 65}, r'stride must be in 1\.\.64, got 65'),
         ({'stride': 1.5}, 'stride must be an integer, got 1.5'),
         ({'min_range_m': -0.1}, 'min_range_m must be finite and >= 0, got -0.1'),
         ({'min_range_m': 0.2, 'max_range_m': 0.1}, 'max_range_m must exceed'),
         ({'max_range_m': float('nan')}, 'max_range_m'),
         ({'specular_threshold': 256}, 'specular_threshold must be in 1..255, got 256'),
-        ({'specular_dilate_px': -1}, 'specular_dilate_px must be >= 0'),
-        ({'fov_radius': 0.0}, 'fov_radius must be finite and > 0, got 0.0'),
+        ({'specular_dilate_px': -1}, r'specular_dilate_px must be in 0\.\.50'),
+        # Live parameters are bounded above too: 1e9 made OpenCV allocate 4e18 bytes.
+        ({'specular_dilate_px': 10**9}, r'specular_dilate_px must be in 0\.\.50, got 1000000000'),
+        ({'fov_radius': 0.0}, r'fov_radius must be in \(0, 10.0\], got 0.0'),
+        ({'fov_radius': float('inf')}, r'fov_radius must be in \(0, 10.0\], got inf'),
         ({'organized': 'yes'}, "organized must be true or false, got 'yes'"),
         ({'max_range_m': '1'}, "max_range_m must be a number, got '1'"),
     ],
@@ -348,3 +352,11 @@ def test_bad_pose_is_rejected(T: np.ndarray) -> None:
 def test_zero_quaternion_is_rejected() -> None:
     with pytest.raises(BadInputError, match='zero or not finite'):
         geometry.quaternion_to_rotation((0.0, 0.0, 0.0, 0.0))
+
+
+def test_a_cloud_with_infinite_points_is_not_dense() -> None:
+    # fx = fy = 1e-300 used to make such points while is_dense said true.
+    cloud = geometry.PointCloud(
+        points=np.array([[0.0, 0.0, 1.0], [np.inf, 0.0, 1.0]], np.float32), colors=None,
+        organized=False)
+    assert not cloud.is_dense

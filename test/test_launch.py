@@ -49,6 +49,19 @@ def test_launch_file_remaps_both_image_transports_and_camera_info() -> None:
     assert "executable='depth_node'" in source and "name='endo_depth'" in source
 
 
+def test_launch_ends_with_the_node_and_sets_only_the_node_logger_level() -> None:
+    tree = _tree()
+    node_call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                     and getattr(n.func, 'id', '') == 'Node')
+    keywords = {k.arg: k.value for k in node_call.keywords}
+    # on_exit: the launch shuts down (and fails if the node failed) when the node exits.
+    assert ast.unparse(keywords['on_exit']) == '_on_node_exit'
+    source = LAUNCH_FILE.read_text()
+    assert 'Shutdown(' in source and 'raise RuntimeError' in source
+    # --log-level <node logger>:=<level>, not a global level that turns on rcl/rmw logs.
+    assert "node_logger_name(arg(\"namespace\"))}:={arg(\"log_level\")}" in source
+
+
 def _load_launch_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location('depth_launch', LAUNCH_FILE)
     assert spec is not None and spec.loader is not None
@@ -95,3 +108,16 @@ def test_launch_description_builds_the_node_with_parameters_and_remappings(
             overrides.update(section['ros__parameters'])
     assert overrides == {'use_sim_time': True, 'model.name': 'dav2-s',
                          'model.checkpoint': '/w/vits.pth'}
+    from launch.utilities import perform_substitutions
+    command = [perform_substitutions(context, part) for part in node.cmd]
+    assert command[command.index('--log-level') + 1] == 'scope.endo_depth:=debug'
+    assert module.node_logger_name('/a/b/') == 'a.b.endo_depth'
+    # The node failing ends the launch with an error; a clean exit ends it quietly.
+    from launch.events.process import ProcessExited
+    with pytest.raises(RuntimeError, match='exited with code 2'):
+        module._on_node_exit(ProcessExited(action=node, name='n', cmd=[], cwd=None, env=None,
+                                           pid=1, returncode=2), context)
+    (shutdown,) = module._on_node_exit(
+        ProcessExited(action=node, name='n', cmd=[], cwd=None, env=None, pid=1, returncode=0),
+        context)
+    assert type(shutdown).__name__ == 'Shutdown'

@@ -30,6 +30,7 @@ from nav_msgs.msg import Odometry  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_harness import NodeProcess, RosTestNode, TopicRecorder  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 
@@ -53,7 +54,8 @@ def synthetic_frames() -> tuple[SynthFrame, ...]:
 class Player:
     """Publishes frames and camera infos into one node's namespace; records its outputs."""
 
-    def __init__(self, ros: RosTestNode, namespace: str, compressed: bool = False) -> None:
+    def __init__(self, ros: RosTestNode, namespace: str, compressed: bool = False,
+                 qos: QoSProfile | int = 10) -> None:
         self.ros = ros
         self.namespace = namespace
         self.compressed = compressed
@@ -61,8 +63,8 @@ class Player:
         self.info_offset_ns = 0
         image_type = CompressedImage if compressed else Image
         image_topic = f'{namespace}/image' + ('/compressed' if compressed else '')
-        self.image_pub = ros.publisher(image_type, image_topic)
-        self.info_pub = ros.publisher(CameraInfo, f'{namespace}/camera_info')
+        self.image_pub = ros.publisher(image_type, image_topic, qos)
+        self.info_pub = ros.publisher(CameraInfo, f'{namespace}/camera_info', qos)
         self.depth = ros.subscribe(Image, f'{namespace}/depth/image')
         self.outputs: dict[str, TopicRecorder[Any]] = {'depth': self.depth}
         self.diagnostics = ros.subscribe(DiagnosticArray, '/diagnostics')
@@ -77,8 +79,8 @@ class Player:
     def wait_connected(self, stamp: Callable[[int], int]) -> None:
         """Wait for discovery, then until a frame makes the round trip.
 
-        With best-effort input (sensor-data QoS) the first messages after the "matched"
-        event may still be lost while discovery completes on the other side, so a first
+        Right after the "matched" event the other side may still be discovering us (a
+        reliable sample is then resent only later, a best-effort one is lost), so a first
         frame is repeated until its depth comes back; attempt ``k`` is stamped ``stamp(k)``.
         """
         self.image_pub.wait_for_subscribers()
@@ -226,13 +228,48 @@ def test_synthetic_frames_come_back_as_depth_cloud_and_poses_with_the_input_head
 def test_compressed_input_is_decoded_when_use_compressed_is_set(ros: RosTestNode) -> None:
     namespace = unique_namespace()
     frame = synthetic_frames()[1]
-    with start_node(namespace, 'input.use_compressed:=true') as node:
+    with start_node(namespace, 'input.use_compressed:=true',
+                    'diagnostics.period_s:=0.2') as node:
         player = Player(ros, namespace, compressed=True)
         player.wait_connected(lambda k: frame.stamp_ns - 1000 + k)
+        # A small PNG whose header announces 20000 x 20000 pixels (2.5 GB decoded) is
+        # refused from its header, before decoding.
+        ok, png = cv2.imencode('.png', frame.rgb[:, :, ::-1])
+        bomb = bytearray(png.tobytes())
+        bomb[16:24] = (20000).to_bytes(4, 'big') * 2
+        bomb_stamp = frame.stamp_ns - 500
+        player.send(CompressedImage(header=conversions.make_header(bomb_stamp, FRAME_ID),
+                                    format='png', data=bytes(bomb)),
+                    conversions.intrinsics_to_camera_info(frame.intrinsics, bomb_stamp,
+                                                          FRAME_ID))
+        player.diagnostic_values(lambda v: v.get('rejected.too_large') == '1')
         player.send_frame(frame, frame.stamp_ns)
         depth = player.wait_depth(frame.stamp_ns)
         node.assert_clean_exit()
-    assert (depth.encoding, depth.width, depth.height) == ('32FC1', WIDTH, HEIGHT)
+    assert ok and (depth.encoding, depth.width, depth.height) == ('32FC1', WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize('full_resolution', [False, True], ids=['working size', 'full size'])
+def test_outputs_come_at_the_working_size_with_a_rescaled_camera_info(
+        ros: RosTestNode, full_resolution: bool) -> None:
+    namespace = unique_namespace()
+    frame = synthetic_frames()[2]
+    with start_node(namespace, 'input.max_width:=48', 'input.max_height:=48',
+                    f'outputs.full_resolution:={str(full_resolution).lower()}') as node:
+        player = Player(ros, namespace)
+        player.record(info=CameraInfo)
+        player.wait_connected(lambda k: frame.stamp_ns - 1000 + k)
+        player.send_frame(frame, frame.stamp_ns)
+        depth = player.wait_depth(frame.stamp_ns)
+        info = next(m for m in player.outputs['info'].wait_until(
+            lambda ms: any(conversions.stamp_to_ns(m.header.stamp) == frame.stamp_ns
+                           for m in ms)) if conversions.stamp_to_ns(m.header.stamp)
+            == frame.stamp_ns)
+        node.assert_clean_exit()
+    camera = frame.intrinsics if full_resolution else frame.intrinsics.scaled(48, 40)
+    assert (depth.width, depth.height) == (info.width, info.height) == camera.size
+    np.testing.assert_allclose(np.asarray(info.k).reshape(3, 3), camera.K)
+    np.testing.assert_allclose(np.asarray(info.p).reshape(3, 4)[:, :3], camera.K)
 
 
 def test_camera_info_stamps_that_never_match_fall_back_to_the_newest_with_one_warning(
@@ -391,7 +428,55 @@ def _camera_info_missing(stamp: int) -> tuple[Image, CameraInfo]:
     return image, info
 
 
+def _huge_header(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    image.width = image.height = 100_000  # 10^10 pixels announced, a few kB sent
+    return image, info
+
+
+def _stamp_far_ahead(stamp: int) -> tuple[Image, CameraInfo]:
+    return _good(stamp + 10 * 365 * 86_400 * 10**9)  # a clock 10 years ahead (2037)
+
+
+def _k22_zero(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.k[8] = 0.0
+    return image, info
+
+
+def _tiny_focal(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.k[0] = info.k[4] = 1e-300  # accepted before: the cloud held inf points
+    return image, info
+
+
+def _absurd_principal_point(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.k[2] = 1e6
+    return image, info
+
+
+def _roi_outside(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.roi.x_offset, info.roi.width, info.roi.height = WIDTH // 2, WIDTH, HEIGHT
+    return image, info
+
+
+def _huge_distortion(stamp: int) -> tuple[Image, CameraInfo]:
+    image, info = _good(stamp)
+    info.distortion_model = 'plumb_bob'
+    info.d = [0.0] * 100_000
+    return image, info
+
+
 @pytest.mark.parametrize(('make', 'reason'), [
+    (_huge_header, 'too_large'),
+    (_stamp_far_ahead, 'stamp_jump'),
+    (_k22_zero, 'intrinsics'),
+    (_tiny_focal, 'intrinsics'),
+    (_absurd_principal_point, 'intrinsics'),
+    (_roi_outside, 'intrinsics'),
+    (_huge_distortion, 'intrinsics'),
     (_bad_encoding, 'encoding'),
     (_depth_encoding, 'encoding'),
     (_short_buffer, 'buffer_size'),
@@ -421,6 +506,22 @@ def test_bad_input_is_dropped_counted_and_the_next_good_frame_is_served(
     assert player.wait_depth(good_stamp).width == WIDTH
     assert node.running()
     assert f'({reason})' in node.stderr  # one warning naming the cause
+    # Log lines stay short whatever the input holds (100000 distortion values).
+    assert max(len(line) for line in node.stderr.splitlines()) < 1000
+
+
+def test_a_binned_region_of_interest_is_applied_per_rep_104(
+        serving: tuple[Player, NodeProcess]) -> None:
+    """The camera_info describes a sensor twice the image's size, binned by 2."""
+    player, _node = serving
+    stamp = next(_STAMPS)
+    image, _ = _good(stamp)
+    frame = synthetic_frames()[0]
+    sensor = frame.intrinsics.scaled(2 * WIDTH, 2 * HEIGHT)
+    info = conversions.intrinsics_to_camera_info(sensor, stamp, FRAME_ID)
+    info.binning_x = info.binning_y = 2
+    player.send(image, info)
+    assert player.wait_depth(stamp).width == WIDTH
 
 
 def test_parameters_that_cannot_change_live_are_refused_and_geometry_applies(
@@ -459,15 +560,119 @@ def test_parameters_that_cannot_change_live_are_refused_and_geometry_applies(
     (['outputs.queue_depth:=50'], 'outputs.queue_depth'),
     (['geometry.max_range_m:=1'], 'decimal point'),
     (['model.nmae:=dav2-s'], 'Unknown parameter(s): model.nmae'),
+    (['qos_overrides./q/image.subscription.reliability:=sometimes'], 'qos_overrides./q/image'),
+    (['qos_overrides./q/image.subscription.history:=keep_all'], 'unbounded'),
+    (['qos_overrides./q/depth/image.publisher.depth:=100000'], 'depth must be in 1..100'),
+    (['input.max_width:=5'], 'max_width must be 0 (no limit) or in 16..16384'),
+    (['input.max_input_pixels:=0'], 'input.max_input_pixels must be in 4..'),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_start_up_errors_exit_non_zero_with_one_clear_line(parameters: list[str],
                                                            message: str) -> None:
-    with start_node(unique_namespace(), *parameters) as node:
+    with start_node('/q', *parameters) as node:
         code = node.wait(timeout=60)
         stderr = node.stderr
     assert code == 2, stderr
     assert 'Cannot start' in stderr and message in stderr, stderr
     assert 'Traceback' not in stderr
+
+
+@pytest.mark.parametrize(('ros_args', 'message'), [
+    (['--params-file', '/nonexistent/depth.yaml'], '/nonexistent/depth.yaml'),
+    (['--log-level', 'bogus'], 'bogus'),
+    (['--remap', 'not-a-remap'], 'Cannot start'),
+], ids=['missing params file', 'bad log level', 'bad remap'])
+def test_bad_ros_arguments_are_one_line_and_exit_2(ros_args: list[str], message: str) -> None:
+    with NodeProcess(['-m', 'endo_depth_ros.ros.node', '--ros-args', *ros_args]) as node:
+        code = node.wait(timeout=60)
+        stderr = node.stderr
+    assert code == 2, stderr
+    # One line from the node (rcl may add its own "Failed to parse" line before it).
+    ours = [line for line in stderr.splitlines() if 'endo_depth' in line]
+    assert len(ours) == 1 and 'Cannot start' in ours[0] and message in ours[0], stderr
+    assert len(stderr.strip().splitlines()) <= 2 and 'Traceback' not in stderr, stderr
+
+
+def test_a_second_sigint_during_a_long_frame_exits_at_once_without_traceback(
+        ros: RosTestNode) -> None:
+    namespace = unique_namespace()
+    with start_node(namespace, 'model.min_period_s:=30.0', 'diagnostics.period_s:=0.2') as node:
+        player = Player(ros, namespace)
+        player.image_pub.wait_for_subscribers()
+        player.info_pub.wait_for_subscribers()
+        stamp = time.time_ns()
+        player.send_frame(synthetic_frames()[0], stamp)
+        # The worker is now inside a 30 s frame; the executor still reports diagnostics.
+        player.diagnostic_values(lambda v: int(v['frames_received']) >= 1)
+        node.process.send_signal(signal.SIGINT)
+        wait_for_text(node, 'press Ctrl-C again')
+        start = time.monotonic()
+        node.process.send_signal(signal.SIGINT)
+        code = node.wait(timeout=10)
+        elapsed = time.monotonic() - start
+        stderr = node.stderr
+    assert code == 128 + signal.SIGINT, stderr
+    assert elapsed < 5.0
+    assert 'Traceback' not in stderr and 'KeyboardInterrupt' not in stderr, stderr
+
+
+def wait_for_text(node: NodeProcess, text: str, timeout: float = TIMEOUT_S) -> None:
+    """Wait until ``text`` appears in the process's stderr (a log file: polled)."""
+    deadline = time.monotonic() + timeout
+    while text not in node.stderr:
+        node.check_alive()
+        assert time.monotonic() < deadline, f'{text!r} not logged within {timeout} s'
+        time.sleep(0.05)
+
+
+def test_diagnostics_say_no_subscribers_and_log_lines_name_resolved_topics(
+        ros: RosTestNode) -> None:
+    namespace = unique_namespace()
+    with start_node(namespace, 'diagnostics.period_s:=0.2') as node:
+        image_pub = ros.publisher(Image, f'{namespace}/image')
+        info_pub = ros.publisher(CameraInfo, f'{namespace}/camera_info')
+        diagnostics = ros.subscribe(DiagnosticArray, '/diagnostics')
+        image_pub.wait_for_subscribers()
+        info_pub.wait_for_subscribers()
+        name = f'{namespace}/endo_depth: depth pipeline'
+
+        def statuses(msgs: list[DiagnosticArray]) -> list[Any]:
+            return [s for m in msgs for s in m.status if s.name == name]
+
+        deadline = time.monotonic() + TIMEOUT_S
+        message = ''
+        while 'no subscribers' not in message and time.monotonic() < deadline:
+            image, info = _good(time.time_ns())
+            info_pub.publish(info)
+            image_pub.publish(image)
+            found = statuses(diagnostics.wait_until(lambda ms: bool(statuses(ms))))
+            message = found[-1].message
+            time.sleep(0.1)  # a 10 Hz camera
+        node.assert_clean_exit()
+        stderr = node.stderr
+    assert 'no subscribers' in message and found[-1].level == b'\x00', message
+    assert 'slower than the camera' not in message
+    assert f'listening on {namespace}/image + {namespace}/camera_info' in stderr, stderr
+
+
+def test_a_best_effort_camera_needs_the_qos_override_and_the_node_says_so(
+        ros: RosTestNode) -> None:
+    best_effort = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                             reliability=ReliabilityPolicy.BEST_EFFORT)
+    namespace = unique_namespace()
+    with start_node(namespace) as node:
+        ros.publisher(Image, f'{namespace}/image', best_effort)
+        wait_for_text(node, f'qos_overrides.{namespace}/image.subscription.reliability'
+                            ':=best_effort')
+        node.assert_clean_exit()
+    namespace = unique_namespace()
+    with start_node(namespace,
+                    f'qos_overrides.{namespace}/image.subscription.reliability:=best_effort',
+                    f'qos_overrides.{namespace}/camera_info.subscription.reliability:='
+                    'best_effort') as node:
+        player = Player(ros, namespace, qos=best_effort)
+        player.wait_connected(lambda k: 1_000 + k)
+        node.assert_clean_exit()
+        assert 'incompatible' not in node.stderr
 
 
 def test_a_checkpoint_that_fails_to_load_is_a_start_up_error(tmp_path: Path) -> None:

@@ -11,14 +11,14 @@ pytest.importorskip('rclpy')
 
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.pipeline import PipelineConfig
-from endo_depth_ros.ros.node import (
+from endo_depth_ros.ros.parameters import (
     parameter_specs,
     parameters_yaml,
     pipeline_config_from_parameters,
 )
 
 CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'depth.yaml'
-REGENERATE = ("python -c 'from endo_depth_ros.ros.node import parameters_yaml; "
+REGENERATE = ("python -c 'from endo_depth_ros.ros.parameters import parameters_yaml; "
               "print(parameters_yaml(), end=\"\")' > config/depth.yaml")
 
 

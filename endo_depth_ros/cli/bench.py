@@ -19,6 +19,7 @@ TOPICS = {
     'node': 'node per-stage cost and overhead vs model time',
     'scale': 'metric scale from stereo / kinematics: quality, robustness, cost',
     'consistency': 'alignment judged against the truth: sequences x models x modes',
+    'qos': 'camera frames delivered by size, QoS and middleware settings',
 }
 
 

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--device', default='auto', help='model device (default auto)')
     group.add_argument('--input-size', type=int, default=518,
                        help='network input short side in pixels (default 518)')
+    group.add_argument('--max-size', default=None, metavar='WIDTHxHEIGHT',
+                       help="working size limit: larger frames are processed shrunk to fit "
+                            "(default: the node's input.max_width x max_height; 0 = full "
+                            'size); with --live pass --node-param input.max_width:=... instead')
     group.add_argument('--live', action='store_true',
                        help='replay the bag into a node process over real topics and score '
                             'what it publishes (adds latency, drop and output rates)')
@@ -145,6 +149,12 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     base = replace(base, scale=scale_config(args.scale_source, args.scale_param))
     if args.fov == 'off':
         base = replace(base, field_of_view=replace(base.field_of_view, mode='off'))
+    if args.max_size is not None:
+        from endo_depth_ros.bench import parse_size
+        from endo_depth_ros.resolution import ResolutionConfig
+
+        width, height = (0, 0) if args.max_size.strip() == '0' else parse_size(args.max_size)
+        base = replace(base, resolution=ResolutionConfig(max_width=width, max_height=height))
     topics = {key: value for key, value in (
         ('image', args.image_topic), ('camera_info', args.camera_info_topic),
         ('depth', args.depth_topic), ('pose', args.pose_topic)) if value}

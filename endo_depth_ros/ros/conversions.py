@@ -20,7 +20,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from endo_depth_ros import encodings
-from endo_depth_ros.camera import Intrinsics
+from endo_depth_ros.camera import Intrinsics, check_camera_matrix, crop_and_bin
 from endo_depth_ros.errors import BadInputError
 from endo_depth_ros.geometry import (
     PointCloud,
@@ -81,13 +81,19 @@ def image_to_array(msg: Image) -> np.ndarray:
         msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian, msg.data)
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
+def image_to_rgb(msg: Image, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a colour or grey ``sensor_msgs/Image``.
 
+    Args:
+        msg: the image.
+        max_pixels: refuse larger images, from the header, before touching the data
+            (None: no limit).
+
     Raises:
-        BadInputError: as :func:`image_to_array`, or reason ``'encoding'`` for depth
-            encodings.
+        BadInputError: as :func:`image_to_array`, reason ``'encoding'`` for depth
+            encodings, ``'too_large'`` above ``max_pixels``.
     """
+    encodings.check_pixels(msg.width, msg.height, max_pixels)
     return encodings.to_rgb(image_to_array(msg), msg.encoding)
 
 
@@ -101,18 +107,24 @@ def image_to_depth(msg: Image) -> np.ndarray:
     return encodings.depth_from_encoding(image_to_array(msg), msg.encoding)
 
 
-def compressed_to_array(msg: CompressedImage) -> np.ndarray:
+def compressed_to_array(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
     """Decoded ``sensor_msgs/CompressedImage``: (H, W, 3) uint8 RGB or (H, W) grey.
 
+    Args:
+        msg: the compressed image.
+        max_pixels: refuse larger images, from the PNG/JPEG header, before decoding
+            (None: no limit).
+
     Raises:
-        BadInputError: format neither JPEG nor PNG, no data, or undecodable bytes.
+        BadInputError: format neither JPEG nor PNG, no data, undecodable bytes, or
+            reason ``'too_large'`` above ``max_pixels``.
     """
-    return encodings.decode_compressed(msg.format, msg.data)
+    return encodings.decode_compressed(msg.format, msg.data, max_pixels)
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a ``sensor_msgs/CompressedImage`` (grey is replicated)."""
-    image = compressed_to_array(msg)
+    image = compressed_to_array(msg, max_pixels)
     if image.ndim == 3:
         return image
     return encodings.to_rgb(image, 'mono8' if image.dtype == np.uint8 else 'mono16')
@@ -121,21 +133,65 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
 def camera_info_to_intrinsics(
     msg: CameraInfo, image_size: tuple[int, int] | None = None
 ) -> Intrinsics:
-    """Intrinsics of a ``sensor_msgs/CameraInfo``, optionally checked against an image.
+    """Intrinsics of the images a ``sensor_msgs/CameraInfo`` describes.
+
+    Per REP-104, ``K`` and ``width``/``height`` describe the full sensor and the images
+    hold ``roi`` (all zero: the full sensor) binned by ``binning_x``/``binning_y``; the
+    result describes those images (see :func:`camera.crop_and_bin`). The camera matrix
+    must be plausible for the sensor (:func:`camera.check_camera_matrix`).
 
     Args:
         msg: the camera info.
         image_size: ``(width, height)`` of the images it must describe, or None.
 
     Raises:
-        BadInputError: reason ``'intrinsics'`` for an uncalibrated or invalid camera,
+        BadInputError: reason ``'intrinsics'`` for an uncalibrated, invalid or
+            implausible camera, or a region of interest / binning that does not fit;
             ``'size_mismatch'`` when the size differs from ``image_size``.
     """
-    intrinsics = encodings.intrinsics_from_fields(
+    sensor = encodings.intrinsics_from_fields(
         msg.width, msg.height, msg.k, msg.d, msg.distortion_model)
+    check_camera_matrix(np.asarray(msg.k, dtype=np.float64), sensor.width, sensor.height)
+    roi = msg.roi
+    intrinsics = crop_and_bin(sensor, (roi.x_offset, roi.y_offset, roi.width, roi.height),
+                              (msg.binning_x, msg.binning_y))
     if image_size is not None:
         encodings.check_size(intrinsics, *image_size)
     return intrinsics
+
+
+def rescaled_camera_info(
+    info: CameraInfo, intrinsics: Intrinsics, stamp_ns: int, frame_id: str
+) -> CameraInfo:
+    """The camera info of ``info``'s camera seen as images of ``intrinsics``.
+
+    For outputs at a working size (or cut and binned inputs): ``K`` is ``intrinsics``,
+    ``P`` goes through the same per-axis map from the sensor's pixels as ``K`` did,
+    ``R``, ``D`` and the distortion model are kept, and ``binning``/``roi`` are reset
+    because the new size, ``K`` and ``P`` already describe the published image.
+
+    Args:
+        info: the input camera info (its ``K`` and ``P`` refer to the full sensor).
+        intrinsics: the camera of the published image (from the same sensor).
+        stamp_ns: stamp of the output header (ns).
+        frame_id: frame of the output header.
+    """
+    K_in = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    K_out = intrinsics.K
+    # u_out = a * u_in + b on each axis (crop, binning and rescaling are all of this form).
+    a = np.array([K_out[0, 0] / K_in[0, 0], K_out[1, 1] / K_in[1, 1]])
+    b = np.array([K_out[0, 2] - a[0] * K_in[0, 2], K_out[1, 2] - a[1] * K_in[1, 2]])
+    P_in = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    if not np.any(P_in):
+        P_out = np.hstack([K_out, np.zeros((3, 1))])
+    else:
+        P_out = P_in.copy()
+        for row in (0, 1):
+            P_out[row] = a[row] * P_in[row] + b[row] * P_in[2]
+    msg = CameraInfo(header=make_header(stamp_ns, frame_id), width=intrinsics.width,
+                     height=intrinsics.height, distortion_model=info.distortion_model,
+                     d=info.d, k=K_out.reshape(-1), r=info.r, p=P_out.reshape(-1))
+    return msg
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,9 +252,10 @@ def cloud_to_pointcloud2(cloud: PointCloud, stamp_ns: int, frame_id: str) -> Poi
     """``sensor_msgs/PointCloud2`` in the layout PCL and RViz read.
 
     Fields ``x, y, z`` float32 at offsets 0, 4, 8 and, with colours, ``rgb`` float32 at
-    12 holding the bytes 0x00RRGGBB; ``point_step`` 16 (bytes 12..15 are zero padding
-    without colours), little-endian, ``row_step = point_step * width``; organised clouds
-    keep their (h, w) layout, others are 1 x N; ``is_dense`` only when no point is NaN.
+    12 holding the bytes 0xFFRRGGBB (alpha 255, as PCL packs it); ``point_step`` 16
+    (bytes 12..15 are zero padding without colours), little-endian, ``row_step =
+    point_step * width``; organised clouds keep their (h, w) layout, others are 1 x N;
+    ``is_dense`` only when every point is finite.
     """
     points = np.ascontiguousarray(cloud.points, dtype='<f4').reshape(-1, 3)
     # Fill the message's own byte array in place: no intermediate buffer.
@@ -210,10 +267,11 @@ def cloud_to_pointcloud2(cloud: PointCloud, stamp_ns: int, frame_id: str) -> Poi
               for name, offset in _XYZ_FIELDS]
     if cloud.colors is not None:
         rgb = cloud.colors.reshape(-1, 3)
-        # 0x00RRGGBB as a little-endian uint32: bytes B, G, R, 0.
+        # 0xFFRRGGBB as a little-endian uint32: bytes B, G, R, A (opaque, PCL's default).
         packed[:, 12] = rgb[:, 2]
         packed[:, 13] = rgb[:, 1]
         packed[:, 14] = rgb[:, 0]
+        packed[:, 15] = 255
         fields.append(PointField(name='rgb', offset=12, datatype=PointField.FLOAT32, count=1))
     msg = PointCloud2(header=make_header(stamp_ns, frame_id), height=cloud.height,
                       width=cloud.width, fields=fields, is_bigendian=False,

@@ -2,9 +2,11 @@
 
 A thin adapter over :class:`endo_depth_ros.pipeline.Pipeline`:
 
-- subscriptions (sensor-data QoS, so live drivers and bag replay both connect):
-  ``image`` (``sensor_msgs/Image``) or ``image/compressed`` and ``camera_info``;
-- publications, stamped with the input image's header (reliable, shallow queue):
+- subscriptions (reliable, keep last 10; every QoS overridable with
+  ``qos_overrides.<topic>.*``, see :mod:`endo_depth_ros.ros.qos`): ``image``
+  (``sensor_msgs/Image``) or ``image/compressed`` and ``camera_info``;
+- publications at the working size (``input.max_width``/``max_height``), stamped with
+  the input image's header (reliable, shallow queue):
   ``depth/image`` (32FC1 metres, NaN invalid), ``depth/camera_info``,
   ``depth/colormap`` (rgb8 turbo), ``depth/points`` (PointCloud2), ``pose``
   (PoseStamped in ``odom``), ``odom`` (nav_msgs/Odometry), TF ``odom -> camera``
@@ -14,24 +16,26 @@ It never falls behind the camera: the image callback only drops the newest messa
 into a one-slot mailbox (an unprocessed older one is dropped and counted) and a worker
 thread runs the pipeline and publishes. Work for outputs nobody subscribes to is
 skipped. Bad inputs are dropped with one rate-limited warning per cause and counted in
-diagnostics; the node keeps serving. Start-up errors (bad parameters, a model that
-cannot load) end the process with a clear message and exit code 2.
+diagnostics; the node keeps serving. Start-up errors (bad parameters or ``--ros-args``,
+a model that cannot load) end the process with one line and exit code 2.
 
 Parameters are listed with their defaults and meaning in ``config/depth.yaml``;
-:func:`parameter_specs` is the authoritative list.
+:func:`endo_depth_ros.ros.parameters.parameter_specs` is the authoritative list;
+:mod:`endo_depth_ros.ros.diagnostics` builds the ``/diagnostics`` report.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 import contextlib
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 import importlib
 import math
+import os
 import re
+import signal
 import sys
-import textwrap
 import threading
 import time
 import traceback
@@ -45,32 +49,44 @@ import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.context import Context
-from rclpy.exceptions import ParameterException
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import (
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
+from rclpy.qos import QoSProfile
+from rclpy.qos_overriding_options import InvalidQosOverridesError
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from endo_depth_ros.cli.common import EXIT_USAGE
 from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
-from endo_depth_ros.masks import FieldOfViewConfig
 from endo_depth_ros.models import DepthModel
-from endo_depth_ros.odometry import OdometryConfig
-from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
-from endo_depth_ros.ros import conversions
+from endo_depth_ros.pipeline import FrameResult, Pipeline
+from endo_depth_ros.resolution import upsample_depth
+from endo_depth_ros.ros import conversions, diagnostics, qos
+from endo_depth_ros.ros.parameters import (
+    OWN_PREFIXES,
+    NodeSettings,
+    ParameterValue,
+    build_section,
+    parameter_specs,
+    parameters_yaml,
+    pipeline_config_from_parameters,
+)
 from endo_depth_ros.ros.scale_inputs import ScaleInputs
-from endo_depth_ros.scale import ScaleConfig, StereoPair
-from endo_depth_ros.temporal import AlignmentConfig
+from endo_depth_ros.scale import StereoPair
 from endo_depth_ros.visualize import colorize_depth
+
+RCLError = _rclpy.RCLError
+
+#: Re-exported: the parameters are defined in ``endo_depth_ros.ros.parameters``.
+__all__ = ['NODE_NAME', 'DepthNode', 'main', 'parameter_specs', 'parameters_yaml',
+           'pipeline_config_from_parameters', 'standalone_node']
 
 NODE_NAME = 'endo_depth'
 #: Frame used for outputs when neither the input nor ``frame_ids.camera_frame`` names one.
@@ -82,136 +98,17 @@ WARN_PERIOD_S = 5.0
 STAMP_RESTART_FRAMES = 5
 #: Camera infos kept for pairing with images by stamp.
 CAMERA_INFO_HISTORY = 32
-#: Latency samples kept for the diagnostics percentiles.
-LATENCY_HISTORY = 200
-#: Pipeline sections whose dataclass fields become ``<section>.<field>`` parameters,
-#: with whether a change can apply while running.
-_SECTIONS: tuple[tuple[str, type, bool], ...] = (
-    ('model', ModelConfig, False),
-    ('alignment', AlignmentConfig, False),
-    ('geometry', CloudConfig, True),
-    ('odometry', OdometryConfig, False),
-    ('scale', ScaleConfig, False),
-    ('field_of_view', FieldOfViewConfig, False),
-)
-
-ParameterValue = bool | int | float | str | list[float] | list[int] | list[str] | list[bool]
+#: Longest log line (characters): inputs can carry huge strings (100000 distortion values).
+MAX_LOG_CHARS = 500
+#: Longest logged traceback of an unexpected error (characters).
+MAX_TRACEBACK_CHARS = 4000
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One node parameter.
-
-    Attributes:
-        name: full dotted name (``'model.name'``).
-        default: typed default; its type is the parameter's type.
-        description: one line shown by ``ros2 param describe``.
-        live: whether a change is applied while running (else it is refused).
-    """
-
-    name: str
-    default: ParameterValue
-    description: str
-    live: bool = False
-
-
-#: The node's own parameters (the pipeline's come from its config dataclasses).
-_NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec('input.use_compressed', False,
-                  'subscribe to image/compressed (CompressedImage) instead of image'),
-    ParameterSpec('input.camera_info_tolerance_s', 0.001,
-                  'largest stamp difference (s) for pairing an image with a camera_info',
-                  live=True),
-    ParameterSpec('input.camera_info_wait_s', 0.1,
-                  'how long (s) an image waits for the camera_info of its stamp', live=True),
-    ParameterSpec('outputs.depth', True, 'publish depth/image (32FC1 m) and depth/camera_info'),
-    ParameterSpec('outputs.colormap', True, 'publish depth/colormap (rgb8 turbo, near = red)'),
-    ParameterSpec('outputs.points', True, 'publish depth/points (PointCloud2)'),
-    ParameterSpec('outputs.pose', True, 'publish pose (PoseStamped in the odom frame)'),
-    ParameterSpec('outputs.odom', True, 'publish odom (nav_msgs/Odometry with covariance)'),
-    ParameterSpec('outputs.tf', True, 'broadcast the odom -> camera transform (needs tf2_ros)'),
-    ParameterSpec('outputs.queue_depth', 2, 'history depth of the reliable publishers (1-5)'),
-    ParameterSpec('frame_ids.odom_frame', 'odom', 'parent frame of pose, odom and TF'),
-    ParameterSpec('frame_ids.camera_frame', '',
-                  "frame of the outputs; '' uses the input image's frame_id"),
-    ParameterSpec('diagnostics.period_s', 1.0, 'period (s) of the /diagnostics status'),
-)
-
-
-def parameter_specs() -> list[ParameterSpec]:
-    """Every parameter of the node, in declaration order, with typed defaults."""
-    specs: list[ParameterSpec] = []
-    for prefix, cls, live in _SECTIONS:
-        docs = _attribute_docs(cls)
-        instance = cls()
-        for f in fields(cls):
-            if not f.init:
-                continue
-            default = _ros_value(getattr(instance, f.name))
-            if default is None:
-                continue  # no ROS parameter type for it (None / nested value)
-            specs.append(ParameterSpec(f'{prefix}.{f.name}', default,
-                                       docs.get(f.name, ''), live))
-    specs.extend(_NODE_PARAMETERS)
-    return specs
-
-
-def pipeline_config_from_parameters(values: dict[str, Any]) -> PipelineConfig:
-    """Build the pipeline configuration from ``{'<section>.<field>': value}``.
-
-    Missing keys keep the dataclass defaults; values are validated by the dataclasses.
-
-    Raises:
-        ConfigError: an invalid value, naming the parameter.
-    """
-    parts: dict[str, Any] = {}
-    for prefix, cls, _live in _SECTIONS:
-        parts[prefix] = _build_section(prefix, cls, values)
-    return PipelineConfig(model=parts['model'], alignment=parts['alignment'],
-                          cloud=parts['geometry'], odometry=parts['odometry'],
-                          scale=parts['scale'], field_of_view=parts['field_of_view'])
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """The node's own parameters, validated."""
-
-    use_compressed: bool
-    camera_info_tolerance_s: float
-    camera_info_wait_s: float
-    outputs: dict[str, bool]
-    queue_depth: int
-    odom_frame: str
-    camera_frame: str
-    diagnostics_period_s: float
-
-    @classmethod
-    def from_values(cls, values: dict[str, Any]) -> _Settings:
-        tolerance = float(values['input.camera_info_tolerance_s'])
-        wait = float(values['input.camera_info_wait_s'])
-        _check_seconds('input.camera_info_tolerance_s', tolerance, 0.0, 10.0)
-        _check_seconds('input.camera_info_wait_s', wait, 0.0, 10.0)
-        depth = int(values['outputs.queue_depth'])
-        if not 1 <= depth <= 5:
-            raise ConfigError(f'outputs.queue_depth must be in 1..5, got {depth}.')
-        odom_frame = str(values['frame_ids.odom_frame'])
-        camera_frame = str(values['frame_ids.camera_frame'])
-        for name, frame in (('frame_ids.odom_frame', odom_frame),
-                            ('frame_ids.camera_frame', camera_frame)):
-            if frame.startswith('/') or (frame and not re.fullmatch(r'[A-Za-z0-9_/.\-]+', frame)):
-                raise ConfigError(
-                    f'{name} must be a TF frame id (letters, digits, _ . - /, no leading /), '
-                    f'got {frame!r}.')
-        if not odom_frame:
-            raise ConfigError('frame_ids.odom_frame must not be empty.')
-        if odom_frame == camera_frame:
-            raise ConfigError(f'frame_ids.odom_frame and camera_frame are both {odom_frame!r}.')
-        period = float(values['diagnostics.period_s'])
-        _check_seconds('diagnostics.period_s', period, 0.05, 60.0)
-        outputs = {key: bool(values[f'outputs.{key}'])
-                   for key in ('depth', 'colormap', 'points', 'pose', 'odom', 'tf')}
-        return cls(bool(values['input.use_compressed']), tolerance, wait, outputs, depth,
-                   odom_frame, camera_frame, period)
+def capped(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f'{text[:limit]}... ({len(text) - limit} more characters)'
 
 
 @dataclass
@@ -235,29 +132,6 @@ class _Wanted:
         return self.pose or self.odom or self.tf
 
 
-class _Stats:
-    """Counters for diagnostics; every access holds the node's lock."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.processed = 0
-        self.published = 0
-        self.dropped = 0
-        self.idle = 0
-        self.rejected: Counter[str] = Counter()
-        self.latency_ms: deque[float] = deque(maxlen=LATENCY_HISTORY)
-        self.stage_ms: dict[str, deque[float]] = {}
-        self.last_input = 0.0
-        # Counts at the previous diagnostics tick, for rates.
-        self.tick_time = time.monotonic()
-        self.tick_received = 0
-        self.tick_published = 0
-
-    def add_timings(self, timings: dict[str, float]) -> None:
-        for stage, ms in timings.items():
-            self.stage_ms.setdefault(stage, deque(maxlen=50)).append(ms)
-
-
 class DepthNode(Node):
     """The ``endo_depth`` node (see the module docstring).
 
@@ -276,21 +150,28 @@ class DepthNode(Node):
     def __init__(self, *, model: DepthModel | None = None, start_worker: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        # First: destroy_node() needs these even when the rest of __init__ fails.
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._worker: threading.Thread | None = None
         self._specs = {spec.name: spec for spec in parameter_specs()}
         values = self._declare_parameters()
-        self._settings = _Settings.from_values(values)
+        self._settings = NodeSettings.from_values(values)
         config = pipeline_config_from_parameters(values)
         self._pipeline = Pipeline(config, model=model)
 
-        self._lock = threading.Condition()
         self._mailbox: Image | CompressedImage | None = None
         self._infos: deque[tuple[int, CameraInfo]] = deque(maxlen=CAMERA_INFO_HISTORY)
         self._info_matched = False
         self._info_fallback = False
-        self._stats = _Stats()
+        self._stats = diagnostics.FrameStats()
         self._warned: dict[str, float] = {}
         self._backwards = 0
-        self._stopping = False
+        # Stamp of the last processed frame, and of the last one dropped as a jump ahead.
+        self._last_good_stamp: int | None = None
+        self._jump_stamp: int | None = None
+        self._jumps = 0
+        self._debug = self.get_logger().is_enabled_for(LoggingSeverity.DEBUG)
         # Frame id and camera info of frames in flight (window alignment emits them later).
         self._frames: dict[int, tuple[str, CameraInfo]] = {}
         # Last published pose (stamp, T_odom_camera, covariance), for the odom twist.
@@ -309,7 +190,6 @@ class DepthNode(Node):
             f'{model_.precision}, {model_.output_kind}), alignment '
             f'{config.alignment.mode}, listening on {self._image_topic} + '
             f'{self._info_topic}.')
-        self._worker: threading.Thread | None = None
         if start_worker:
             self._worker = threading.Thread(target=self._run_worker, name='endo_depth_worker',
                                             daemon=True)
@@ -334,14 +214,13 @@ class DepthNode(Node):
         overrides = getattr(self, '_parameter_overrides', {})
         unknown = sorted(
             name for name in overrides
-            if name not in self._specs and name.split('.')[0] in _OWN_PREFIXES)
+            if name not in self._specs and name.split('.')[0] in OWN_PREFIXES)
         if unknown:
             raise ConfigError(f'Unknown parameter(s): {", ".join(unknown)} (typo?).')
         return values
 
     def _create_publishers(self) -> None:
-        qos = QoSProfile(depth=self._settings.queue_depth, history=HistoryPolicy.KEEP_LAST,
-                         reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = qos.output_qos(self._settings.queue_depth)
         enabled = self._settings.outputs
         self._pubs: dict[str, Publisher] = {}
         topics: dict[str, tuple[type, str]] = {
@@ -354,8 +233,10 @@ class DepthNode(Node):
         }
         for key, (msg_type, topic) in topics.items():
             if enabled['depth' if key == 'info' else key]:
-                self._pubs[key] = self.create_publisher(msg_type, topic, qos)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', qos)
+                self._pubs[key] = self._with_qos_overrides(
+                    self.create_publisher, msg_type, topic, out_qos)
+        self._diagnostics_pub = self._with_qos_overrides(
+            self.create_publisher, DiagnosticArray, '/diagnostics', qos.output_qos(10))
         self._tf: Any = None
         if enabled['tf']:
             try:
@@ -366,19 +247,58 @@ class DepthNode(Node):
                     '(pose and odom are still published).')
             else:
                 self._tf = tf2_ros.TransformBroadcaster(self)
+        for pub in self._pubs.values():
+            self.get_logger().debug(
+                f'Publishing {pub.topic_name} ({qos.describe(pub.qos_profile)}).')
 
     def _create_subscriptions(self) -> None:
-        if self._settings.use_compressed:
-            self._image_topic = 'image/compressed'
-            self.create_subscription(CompressedImage, self._image_topic, self.on_image,
-                                     qos_profile_sensor_data)
-        else:
-            self._image_topic = 'image'
-            self.create_subscription(Image, self._image_topic, self.on_image,
-                                     qos_profile_sensor_data)
-        self._info_topic = 'camera_info'
-        self.create_subscription(CameraInfo, self._info_topic, self.on_camera_info,
-                                 qos_profile_sensor_data)
+        in_qos = qos.input_qos()
+        image_type: type = CompressedImage if self._settings.use_compressed else Image
+        image_topic = 'image/compressed' if self._settings.use_compressed else 'image'
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_image_qos,
+                                            message_lost=self._on_image_lost)
+        self._image_sub = self._with_qos_overrides(
+            self.create_subscription, image_type, image_topic, in_qos, self.on_image,
+            event_callbacks=events)
+        self._info_sub = self._with_qos_overrides(
+            self.create_subscription, CameraInfo, 'camera_info', in_qos, self.on_camera_info)
+        # Resolved names (namespace and remapping applied): what a user finds in `ros2 topic`.
+        self._image_topic = self._image_sub.topic_name
+        self._info_topic = self._info_sub.topic_name
+        for sub in (self._image_sub, self._info_sub):
+            self.get_logger().debug(
+                f'Subscribed to {sub.topic_name} ({qos.describe(sub.qos_profile)}); override '
+                f'with qos_overrides.{sub.topic_name}.subscription.reliability etc.')
+
+    def _with_qos_overrides(self, create: Callable[..., Any], msg_type: type, topic: str,
+                            profile: QoSProfile, *args: Any, **kwargs: Any) -> Any:
+        """``create`` a publisher or subscription whose QoS ``qos_overrides.*`` can change."""
+        try:
+            return create(msg_type, topic, *args, qos_profile=profile,
+                          qos_overriding_options=qos.overriding_options(), **kwargs)
+        except (InvalidQosOverridesError, InvalidParameterTypeException, KeyError,
+                ValueError, RuntimeError) as err:  # RuntimeError: an unknown policy value
+            name = self.resolve_topic_name(topic)
+            raise ConfigError(
+                f'Invalid qos_overrides.{name}.*: {capped(str(err))} (reliability: reliable, '
+                f'best_effort or best_available; history: keep_last; depth: '
+                f'1..{qos.MAX_DEPTH}).') from None
+
+    def _on_image_lost(self, event: Any) -> None:
+        """The middleware reports images that never arrived (fragments lost, best effort)."""
+        with self._lock:
+            self._stats.lost += int(event.total_count_change)
+
+    def _on_incompatible_image_qos(self, event: Any) -> None:
+        """A publisher on the image topic offers a QoS our subscription cannot match."""
+        self._warn_once(
+            'incompatible_qos',
+            f'A publisher on {self._image_topic} is incompatible with this node\'s '
+            f'{qos.describe(self._image_sub.qos_profile)} subscription (last policy: '
+            f'{getattr(event.last_policy_kind, "name", event.last_policy_kind)}); no images '
+            'will arrive from it. A best-effort (sensor-data) camera driver needs '
+            f'-p qos_overrides.{self._image_topic}.subscription.reliability:=best_effort '
+            '(see README, QoS and HD video).')
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         cloud_values: dict[str, Any] = {}
@@ -401,13 +321,13 @@ class DepthNode(Node):
             if cloud_values:
                 current = {f'geometry.{f.name}': getattr(self._pipeline.cloud_config, f.name)
                            for f in fields(CloudConfig)}
-                cloud = _build_section('geometry', CloudConfig, {**current, **cloud_values})
+                cloud = build_section('geometry', CloudConfig, {**current, **cloud_values})
             settings = self._settings
             if settings_values:
                 current = {name: self.get_parameter(name).value for name in self._specs
                            if name.split('.')[0] in ('input', 'outputs', 'frame_ids',
                                                      'diagnostics')}
-                settings = _Settings.from_values({**current, **settings_values})
+                settings = NodeSettings.from_values({**current, **settings_values})
         except ConfigError as err:
             return SetParametersResult(successful=False, reason=str(err))
         # Validated: apply (the worker reads these attributes once per frame).
@@ -415,6 +335,10 @@ class DepthNode(Node):
             self._pipeline.set_cloud_config(cloud)
         self._settings = settings
         return SetParametersResult(successful=True)
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` at which this node processes a ``width`` x ``height`` image."""
+        return self._pipeline.config.resolution.working_size(width, height)
 
     # ------------------------------------------------------------------ callbacks
 
@@ -456,26 +380,28 @@ class DepthNode(Node):
                 return  # shutting down: publishers are gone, nothing to report
             # A bug must not stop the node serving the next frames; say what happened.
             self._reject('internal_error', f'{type(err).__name__}: {err}')
-            self.get_logger().error(
+            self.get_logger().error(capped(
                 f'Unexpected error while processing a frame (the node keeps serving):\n'
-                f'{traceback.format_exc()}', throttle_duration_sec=5.0)
+                f'{traceback.format_exc()}', MAX_TRACEBACK_CHARS), throttle_duration_sec=5.0)
 
     def process_image(self, msg: Image | CompressedImage) -> dict[str, float]:
         """Convert, run the pipeline and publish one image (called by the worker).
 
         Returns:
-            Per-stage wall time of this call (ms): conversion, model, odometry, alignment,
-            geometry, publish (stages that did not run are absent).
+            Per-stage wall time of this call (ms): conversion, resize, model, odometry,
+            alignment, geometry, publish (stages that did not run are absent).
 
         Raises:
             BadInputError: the image, its camera info or its stamp cannot be used.
         """
         start = time.perf_counter()
+        settings = self._settings
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
+        self._check_stamp_jump(stamp_ns)
         if isinstance(msg, CompressedImage):
-            rgb = conversions.compressed_to_rgb(msg)
+            rgb = conversions.compressed_to_rgb(msg, settings.max_input_pixels)
         else:
-            rgb = conversions.image_to_rgb(msg)
+            rgb = conversions.image_to_rgb(msg, settings.max_input_pixels)
         info = self._camera_info_for(stamp_ns)
         intrinsics = conversions.camera_info_to_intrinsics(info, (rgb.shape[1], rgb.shape[0]))
         frame_id = self._camera_frame(msg.header.frame_id)
@@ -485,6 +411,8 @@ class DepthNode(Node):
         if not wanted.any:
             with self._lock:
                 self._stats.idle += 1
+            if self._debug:
+                self.get_logger().debug(f'Frame {stamp_ns} skipped: no output is subscribed.')
             return {'conversion': conversion_ms}
         self._frames[stamp_ns] = (frame_id, info)
         stereo = self._scale_inputs.stereo_for(
@@ -496,6 +424,7 @@ class DepthNode(Node):
         except BadInputError:
             self._frames.pop(stamp_ns, None)
             raise
+        self._last_good_stamp = stamp_ns
         timings: dict[str, float] = {'conversion': conversion_ms}
         for result in results:
             publish_ms = self._publish(result, wanted)
@@ -504,7 +433,46 @@ class DepthNode(Node):
         with self._lock:
             self._stats.processed += 1
             self._stats.add_timings(timings)
+        if self._debug:
+            size = results[-1].intrinsics.size if results else intrinsics.size
+            self.get_logger().debug(
+                f'Frame {stamp_ns} ({rgb.shape[1]}x{rgb.shape[0]} -> {size[0]}x{size[1]}): '
+                f'{len(results)} result(s), ' + ', '.join(
+                    f'{stage} {ms:.1f} ms' for stage, ms in timings.items()))
         return timings
+
+    def _check_stamp_jump(self, stamp_ns: int) -> None:
+        """Drop a frame stamped far ahead of the last good one (a wrong clock, a corrupt
+        header) instead of adopting its stamp, which would make the next good frames look
+        out of order; a stream that stays that far ahead is taken as restarted."""
+        last = self._last_good_stamp
+        jump_ns = round(self._settings.max_stamp_jump_s * 1e9)
+        if last is None or stamp_ns - last <= jump_ns:
+            self._jumps = 0
+            return
+        previous_jump = self._jump_stamp
+        self._jump_stamp = stamp_ns
+        # Successive jumped frames must agree with each other to count as a new timeline.
+        consistent = previous_jump is not None and 0 <= stamp_ns - previous_jump <= jump_ns
+        self._jumps = self._jumps + 1 if consistent else 1
+        if self._jumps >= STAMP_RESTART_FRAMES:
+            self.get_logger().warning(
+                f'{self._jumps} frames in a row are stamped more than '
+                f'{self._settings.max_stamp_jump_s} s after the last good frame: taking it as '
+                'a restarted stream and resetting the pipeline.')
+            self._restart_stream()
+            return
+        raise BadInputError(
+            f'Stamp {stamp_ns} ns is {(stamp_ns - last) / 1e9:.3f} s after the last good '
+            f'frame ({last} ns), more than input.max_stamp_jump_s = '
+            f'{self._settings.max_stamp_jump_s} s.', 'stamp_jump')
+
+    def _restart_stream(self) -> None:
+        self._pipeline.reset()
+        self._frames.clear()
+        self._previous_pose = None
+        self._last_good_stamp = None
+        self._jumps = self._backwards = 0
 
     def _run_pipeline(self, rgb: np.ndarray, intrinsics: Any, stamp_ns: int,
                       wanted: _Wanted, stereo: StereoPair | None = None) -> list[FrameResult]:
@@ -523,9 +491,9 @@ class DepthNode(Node):
             self.get_logger().warning(
                 f'{self._backwards} frames in a row went back in time: taking it as a restarted '
                 'stream (looping bag or restarted driver) and resetting the pipeline.')
-            self._pipeline.reset()
-            self._frames = {stamp_ns: self._frames[stamp_ns]}
-            self._previous_pose = None
+            this_frame = self._frames[stamp_ns]
+            self._restart_stream()
+            self._frames[stamp_ns] = this_frame
             results = self._pipeline.process(rgb, intrinsics, stamp_ns, **kwargs)
         self._backwards = 0
         return results
@@ -594,13 +562,21 @@ class DepthNode(Node):
         if frame_id is None or info is None:
             return 0.0
         stamp_ns = result.stamp_ns
+        depth = result.depth
+        full_size = result.input_size or result.intrinsics.size
+        at_input_size = self._settings.full_resolution or full_size == result.intrinsics.size
+        if self._settings.full_resolution:
+            depth = upsample_depth(depth, full_size)
         if wanted.depth:
-            self._pubs['depth'].publish(conversions.depth_to_image(result.depth, stamp_ns,
-                                                                   frame_id))
+            self._pubs['depth'].publish(conversions.depth_to_image(depth, stamp_ns, frame_id))
         if wanted.info:
-            self._pubs['info'].publish(_info_with_header(info, stamp_ns, frame_id))
+            # At the input size the input's camera_info describes the image (REP-104 ROI
+            # and binning included); at the working size K and P are rescaled.
+            self._pubs['info'].publish(
+                _info_with_header(info, stamp_ns, frame_id) if at_input_size else
+                conversions.rescaled_camera_info(info, result.intrinsics, stamp_ns, frame_id))
         if wanted.colormap:
-            colours = colorize_depth(result.depth)
+            colours = colorize_depth(depth)
             self._pubs['colormap'].publish(conversions.rgb_to_image(colours, stamp_ns, frame_id))
         if wanted.points and result.cloud is not None:
             self._pubs['points'].publish(
@@ -627,7 +603,7 @@ class DepthNode(Node):
         with self._lock:
             self._stats.published += 1
             if now_ns > 0:  # a sim-time clock reads 0 until /clock arrives
-                self._stats.latency_ms.append((now_ns - result.stamp_ns) / 1e6)
+                self._stats.add_latency((now_ns - result.stamp_ns) / 1e6)
         return (time.perf_counter() - start) * 1e3
 
     # ------------------------------------------------------------------ reporting
@@ -638,46 +614,22 @@ class DepthNode(Node):
         now = time.monotonic()
         if now - self._warned.get(reason, -math.inf) >= WARN_PERIOD_S:
             self._warned[reason] = now
-            self.get_logger().warning(f'Dropped an input ({reason}): {message}')
+            self.get_logger().warning(capped(f'Dropped an input ({reason}): {message}'))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned[key] = time.monotonic()
-            self.get_logger().warning(message)
+            self.get_logger().warning(capped(message))
 
     def diagnostics_status(self) -> DiagnosticStatus:
         """The node's current status for /diagnostics (rates since the previous call)."""
-        now = time.monotonic()
         with self._lock:
-            stats = self._stats
-            elapsed = max(now - stats.tick_time, 1e-6)
-            input_rate = (stats.received - stats.tick_received) / elapsed
-            output_rate = (stats.published - stats.tick_published) / elapsed
-            stats.tick_time, stats.tick_received = now, stats.received
-            stats.tick_published = stats.published
-            latencies = np.array(stats.latency_ms, dtype=np.float64)
-            rejected = dict(stats.rejected)
-            stages = {k: float(np.median(v)) for k, v in stats.stage_ms.items() if v}
-            counts = (stats.received, stats.processed, stats.published, stats.dropped,
-                      stats.idle)
-            silent_s = now - stats.last_input if stats.last_input else math.inf
-        received, processed, published, dropped, idle = counts
+            tick = self._stats.tick()
         model = self._pipeline.model
         aligner_stats = self._pipeline.aligner.stats
         estimate = self._pipeline.last_pose
-        p50, p95 = (np.percentile(latencies, [50, 95]) if latencies.size else (math.nan,) * 2)
-        values: dict[str, object] = {
-            'input_rate_hz': f'{input_rate:.2f}',
-            'output_rate_hz': f'{output_rate:.2f}',
-            'latency_p50_ms': f'{p50:.1f}',
-            'latency_p95_ms': f'{p95:.1f}',
-            'frames_received': received,
-            'frames_processed': processed,
-            'frames_published': published,
-            'frames_dropped': dropped,
-            'frames_skipped_no_subscribers': idle,
-            'inputs_rejected': sum(rejected.values()),
-            **{f'rejected.{reason}': n for reason, n in sorted(rejected.items())},
+        values = diagnostics.values(tick)
+        values.update({
             'model.name': model.name,
             'model.backend': model.backend,
             'model.device': model.device,
@@ -689,21 +641,12 @@ class DepthNode(Node):
             'odometry.state': estimate.state if estimate is not None else 'off',
             'odometry.inliers': estimate.inliers if estimate is not None else 0,
             **self._scale_inputs.diagnostics(self._pipeline.scale.stats),
-            **{f'time_ms.{stage}': f'{ms:.2f}' for stage, ms in sorted(stages.items())},
-        }
-        level, message = DiagnosticStatus.OK, 'running'
-        if received == 0 or silent_s > 2.0:
-            level, message = DiagnosticStatus.WARN, f'no images on {self._image_topic}'
-        elif estimate is not None and estimate.state == 'lost':
-            level, message = DiagnosticStatus.WARN, 'odometry lost'
-        elif rejected and processed == 0:
-            level, message = DiagnosticStatus.WARN, 'every input was rejected'
-        elif input_rate > 0 and output_rate < 0.5 * input_rate:
-            message = f'model slower than the camera: serving {output_rate:.1f} of ' \
-                      f'{input_rate:.1f} Hz (newest frame first)'
+        })
+        level, message = diagnostics.verdict(
+            tick, self._image_topic, estimate.state if estimate is not None else None)
         status = DiagnosticStatus(
-            level=level, name=f'{self.get_fully_qualified_name()}: depth pipeline', message=message,
-            hardware_id=f'{model.name}@{model.device}')
+            level=bytes([level]), name=f'{self.get_fully_qualified_name()}: depth pipeline',
+            message=message, hardware_id=f'{model.name}@{model.device}')
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         return status
 
@@ -721,124 +664,14 @@ class DepthNode(Node):
             self._stopping = True
             self._lock.notify_all()
         if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=30.0)
+            self._worker.join(timeout=0.2)
+            if self._worker.is_alive():
+                self.get_logger().info(
+                    'Shutting down: finishing the current frame (press Ctrl-C again to exit '
+                    'at once).')
+                self._worker.join(timeout=30.0)
         super().destroy_node()
 
-
-_OWN_PREFIXES = frozenset(
-    {prefix for prefix, _cls, _live in _SECTIONS}
-    | {spec.name.split('.')[0] for spec in _NODE_PARAMETERS})
-
-
-def _build_section(prefix: str, cls: type, values: dict[str, Any]) -> Any:
-    kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        key = f'{prefix}.{f.name}'
-        if f.init and key in values:
-            value = values[key]
-            default = f.default if f.default is not MISSING else None
-            kwargs[f.name] = tuple(value) if isinstance(default, tuple) else value
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        message = str(err)
-        if prefix not in message:
-            message = f'{prefix}: {message}'
-        raise ConfigError(message) from None
-    except TypeError as err:
-        raise ConfigError(f'Invalid {prefix} parameters: {err}') from None
-
-
-def _ros_value(value: object) -> ParameterValue | None:
-    """The value as a ROS parameter type, or None when ROS has no type for it."""
-    if isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, tuple | list) and value:
-        items = list(value)
-        if all(isinstance(v, bool) for v in items):
-            return [bool(v) for v in items]
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            return [int(v) for v in items]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
-            return [float(v) for v in items]
-        if all(isinstance(v, str) for v in items):
-            return [str(v) for v in items]
-    return None
-
-
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """First sentence of each attribute in a Google-style ``Attributes:`` docstring."""
-    docs: dict[str, str] = {}
-    text = cls.__doc__ or ''
-    section = text.split('Attributes:', 1)[1] if 'Attributes:' in text else ''
-    current: str | None = None
-    names: list[str] = []
-    for line in section.splitlines():
-        match = re.match(r'^\s{4,8}([a-z_][a-z0-9_]*(?:, [a-z_][a-z0-9_]*)*): (.*)$', line)
-        if match:
-            names, current = match.group(1).split(', '), match.group(2).strip()
-            for name in names:
-                docs[name] = current
-        elif line.strip() and current is not None:
-            for name in names:
-                docs[name] += ' ' + line.strip()
-        elif not line.strip():
-            current = None
-    return {name: _plain(' '.join(doc.split())) for name, doc in docs.items()}
-
-
-def _plain(text: str) -> str:
-    """Docstring markup (``x``, :func:`f`) as plain text for ROS descriptions."""
-    return re.sub(r':\w+:`~?([^`]*)`', r'\1', text).replace('``', '')
-
-
-def parameters_yaml() -> str:
-    """``config/depth.yaml``: every parameter with its default and description.
-
-    The file is generated from :func:`parameter_specs` (the dataclasses are the one source
-    of defaults); ``test_node_config`` checks that the installed file matches.
-    """
-    lines = [
-        '# Parameters of the endo_depth node (endo_depth_ros), with their defaults.',
-        '#   ros2 run endo_depth_ros depth_node --ros-args --params-file depth.yaml',
-        '#   ros2 launch endo_depth_ros depth.launch.py params_file:=depth.yaml',
-        '# Runs the weight-free photometric model with stream alignment as is. Parameters',
-        "# marked 'live' can be changed while running (ros2 param set); the others are",
-        '# applied at start-up only. Write floating-point values with a decimal point.',
-        '# Generated by endo_depth_ros.ros.node.parameters_yaml() from the code defaults.',
-        '/**:',
-        '  ros__parameters:',
-    ]
-    section = None
-    for spec in parameter_specs():
-        prefix, name = spec.name.split('.', 1)
-        if prefix != section:
-            section = prefix
-            lines.append(f'    {prefix}:')
-        note = ' (live)' if spec.live else ''
-        lines.extend(textwrap.wrap(spec.description + note, width=92,
-                                   initial_indent='      # ', subsequent_indent='      #   '))
-        lines.append(f'      {name}: {_yaml_value(spec.default)}')
-    return '\n'.join(lines) + '\n'
-
-
-def _yaml_value(value: ParameterValue) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, float):
-        if math.isinf(value):
-            return '.inf' if value > 0 else '-.inf'
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, list):
-        return '[' + ', '.join(_yaml_value(v) for v in value) + ']'
-    return str(value)
-
-
-def _check_seconds(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f'{name} must be in [{low}, {high}] seconds, got {value}.')
 
 
 def _info_with_header(info: CameraInfo, stamp_ns: int, frame_id: str) -> CameraInfo:
@@ -931,10 +764,16 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def main(args: list[str] | None = None) -> int:
     """Run the node until Ctrl-C/SIGTERM; returns the process exit code.
 
-    Exit codes: 0 after a normal shutdown, 2 when the node cannot start (bad parameter,
-    model that cannot load), with the reason logged on one line.
+    Exit codes: 0 after a normal shutdown; 2 when the node cannot start (bad parameter or
+    ``--ros-args``, missing params file, model that cannot load), with the reason on one
+    line; 128 + the signal number when a second Ctrl-C/SIGTERM arrives while the node
+    is still finishing its current frame (it then exits at once).
     """
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except Exception as err:  # RCLError from bad --ros-args: params file, log level, ...
+        _startup_failure(err)
+        return EXIT_USAGE
     node: DepthNode | None = None
     try:
         node = DepthNode()
@@ -942,17 +781,50 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except EndoDepthError as err:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'Cannot start: {err}')
+        _startup_failure(err)
         return EXIT_USAGE
-    except Exception:
-        if rclpy.ok():
+    except Exception as err:
+        if not rclpy.ok():
+            pass  # a signal shut the context down (while starting up or spinning)
+        elif node is None and isinstance(err, RCLError):
+            _startup_failure(err)  # e.g. a params file rcl cannot apply to the node
+            return EXIT_USAGE
+        else:
             raise
-        # The signal handler shut the context down while the node was starting up.
     finally:
+        _exit_on_next_signal()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _startup_failure(err: BaseException) -> None:
+    """Log why the node cannot start, on one line (rcl errors span several)."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()),
+                 type(err).__name__)
+    first = re.sub(r',? at [^,]*\.c:\d+', '', first)  # rcl's source locations
+    message = capped(f'Cannot start: {first}')
+    try:
+        rclpy.logging.get_logger(NODE_NAME).fatal(message)
+    except Exception:  # logging itself may not be initialised after a failed init
+        print(f'[FATAL] [{NODE_NAME}]: {message}', file=sys.stderr, flush=True)
+
+
+def _exit_on_next_signal() -> None:
+    """From now on (shutting down), a second Ctrl-C/SIGTERM ends the process at once.
+
+    The worker may be in the middle of a long frame; a user who presses Ctrl-C again
+    wants out, without waiting and without a KeyboardInterrupt traceback.
+    """
+    def exit_now(signum: int, _frame: object) -> None:
+        os.write(2, f'[{NODE_NAME}] second signal {signum}: exiting without finishing the '
+                    'current frame\n'.encode())
+        os._exit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, exit_now)
 
 
 if __name__ == '__main__':

@@ -52,6 +52,7 @@ from endo_depth_ros.evaluation import (
     progress_bar,
     score_records,
 )
+from endo_depth_ros.resolution import upsample_depth
 from endo_depth_ros.ros import conversions
 from endo_depth_ros.ros.process import NodeProcess
 from endo_depth_ros.ros.spinning import MatchCounter, SpinningNode
@@ -205,6 +206,9 @@ def _replay_run(
     for frame in frames:
         stamp = frame.stamp_ns
         depth = capture.depth.get(stamp)
+        if depth is not None:
+            # The node publishes at its working size; score at the bag's size.
+            depth = upsample_depth(depth, (frame.rgb.shape[1], frame.rgb.shape[0]))
         latency = None
         if stamp in capture.received_s and stamp in published_s:
             latency = 1e3 * (capture.received_s[stamp] - published_s[stamp])
