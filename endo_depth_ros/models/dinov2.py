@@ -60,7 +60,7 @@ def _official_interpolate_pos_encoding(
 ) -> torch.Tensor:
     """Drop-in for transformers' ``Dinov2Embeddings.interpolate_pos_encoding``."""
     position_embeddings: torch.Tensor = self.position_embeddings  # type: ignore[assignment]
-    patch_size: tuple[int, int] = self.patch_embeddings.patch_size  # type: ignore[assignment]
+    patch_size: tuple[int, int] = self.patch_embeddings.patch_size  # type: ignore[union-attr,assignment]
     patch_height, patch_width = patch_size
     num_patches = embeddings.shape[1] - 1
     if num_patches == position_embeddings.shape[1] - 1 and height == width:
