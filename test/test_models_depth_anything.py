@@ -231,7 +231,8 @@ def test_relative_folder_under_a_metric_name_is_refused(
 def test_metric_model_outputs_metres_below_max_depth(tmp_path: Path) -> None:
     network = random_network(da.tiny_config('dav2', metric=True), seed=3)
     torch.save(da.hf_to_official(network.state_dict()), tmp_path / 'metric.pth')
-    model = models.load('dav2-metric', tmp_path / 'metric.pth', device='cpu', input_size=28)
+    with pytest.warns(da.MaxDepthAssumedWarning):  # a .pth does not store max_depth
+        model = models.load('dav2-metric', tmp_path / 'metric.pth', device='cpu', input_size=28)
     depth = model.infer(IMAGE[0])
     assert model.output_kind == 'metric_depth'
     assert depth.min() >= 0.0 and depth.max() <= da.DEFAULT_MAX_DEPTH * (1 + 1e-6)

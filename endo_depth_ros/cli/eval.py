@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                        dest='align_modes', help='temporal alignment mode (repeatable); '
                        'default stream')
     group.add_argument('--device', default='auto', help='model device (default auto)')
-    group.add_argument('--input-size', type=int, default=518,
-                       help='network input short side in pixels (default 518)')
+    group.add_argument('--input-size', type=int, default=0,
+                       help='network input size in pixels (default 0: the official size, '
+                            '518 Depth Anything, 384 MiDaS/DPT)')
     group.add_argument('--live', action='store_true',
                        help='replay the bag into a node process over real topics and score '
                             'what it publishes (adds latency, drop and output rates)')
@@ -111,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     from endo_depth_ros.pipeline import PipelineConfig
 
     base = PipelineConfig()
-    if args.input_size < 14:
+    if args.input_size != 0 and args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14, got {args.input_size}.')
     base = replace(base, model=replace(base.model, device=args.device,
                                        input_size=args.input_size))

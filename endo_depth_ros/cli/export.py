@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--height', type=int, required=True, help='image height (pixels)')
     parser.add_argument('--width', type=int, required=True, help='image width (pixels)')
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
-    parser.add_argument('--input-size', type=int, default=518,
-                        help='short side of the network input (default 518)')
+    parser.add_argument('--input-size', type=int, default=0,
+                        help='network input size under the family\'s resize rule (default 0: '
+                             'the official size, 518 Depth Anything, 384 MiDaS/DPT)')
     parser.add_argument('--max-depth', type=float, default=None,
                         help='metric models: largest output depth in metres (20 indoor, '
                              '80 outdoor official models); default: the checkpoint\'s, '
@@ -72,12 +73,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("'photometric' is an OpenCV model without a network to export.")
     if args.name not in MODEL_NAMES:
         raise ConfigError(f'Unknown model {args.name!r}; known: {", ".join(MODEL_NAMES[1:])}.')
-    if args.input_size < 14:
+    if args.input_size != 0 and args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
                           f'{args.input_size}.')
     network, output_kind = load_network(args.name, args.checkpoint, max_depth=args.max_depth)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
-                            precision='fp32', input_size=args.input_size, warmup=False)
+                            precision='fp32', input_size=args.input_size or None,
+                            warmup=False)
     path = export_onnx(model, args.out, args.height, args.width, opset=args.opset,
                        dynamic_batch=not args.static_batch, precision=args.precision)
     net_h, net_w = model.network_size(args.height, args.width)

@@ -39,9 +39,20 @@ import torch
 from torch import nn
 
 from endo_depth_ros.errors import ConfigError, ModelLoadError
+from endo_depth_ros.models import midas
 from endo_depth_ros.models.base import DepthModel, OutputKind
 from endo_depth_ros.models.dinov2 import use_official_position_embeddings
-from endo_depth_ros.models.preprocessing import DepthNet, resolve_device, resolve_precision
+from endo_depth_ros.models.midas import midas_config, use_any_aspect
+from endo_depth_ros.models.preprocessing import (
+    DEPTH_ANYTHING_V1,
+    DEPTH_ANYTHING_V2,
+    HF_DPT,
+    MIDAS_V3,
+    DepthNet,
+    InputRecipe,
+    resolve_device,
+    resolve_precision,
+)
 
 
 @dataclass(frozen=True)
@@ -77,13 +88,24 @@ _PATCH = 14
 class NameSpec:
     """What a registry name asks for: family, size (None: read from the checkpoint)."""
 
-    family: str  # 'dav1' | 'dav2' | 'dpt'
+    family: str  # 'dav1' | 'dav2' | 'dpt' (HF folders) | 'midas' (official MiDaS files)
     size: str | None  # 's' | 'b' | 'l' | 'hybrid' | 'large' | None
     metric: bool
 
     @property
     def output_kind(self) -> OutputKind:
         return 'metric_depth' if self.metric else 'relative_disparity'
+
+    @property
+    def is_dpt(self) -> bool:
+        """Whether the network is transformers' DPT (MiDaS v3) rather than Depth Anything."""
+        return self.family in ('dpt', 'midas')
+
+    @property
+    def recipe(self) -> InputRecipe:
+        """The official pre/post-processing of the family (``preprocessing`` table)."""
+        return {'dav1': DEPTH_ANYTHING_V1, 'dav2': DEPTH_ANYTHING_V2, 'dpt': HF_DPT,
+                'midas': MIDAS_V3}[self.family]
 
 
 def parse_name(name: str) -> NameSpec:
@@ -94,6 +116,8 @@ def parse_name(name: str) -> NameSpec:
     """
     if name in ('dpt-hybrid', 'dpt-large'):
         return NameSpec('dpt', name[4:], False)
+    if name in ('midas-dpt-hybrid', 'midas-dpt-large'):
+        return NameSpec('midas', name[10:], False)
     match = re.fullmatch(r'(dav1|dav2)(-metric)?(?:-([sbl]))?', name)
     if match is None or (match[1] == 'dav1' and match[2]):
         raise ModelLoadError(f'{name!r} is not a Depth Anything or DPT model name.')
@@ -197,6 +221,8 @@ def make_config(name: str) -> Any:
     spec = parse_name(name)
     if spec.family == 'dpt':
         return dpt_config(spec.size or '')
+    if spec.family == 'midas':
+        return midas_config(spec.size or '')
     if spec.size is None:
         raise ModelLoadError(f'{name!r} takes its size from a checkpoint; use {name}-s|b|l.')
     vit = VIT_SIZES[spec.size]
@@ -217,14 +243,16 @@ def tiny_config(family: str = 'dav2', *, metric: bool = False) -> Any:
         return depth_anything_config(
             1 if family == 'dav1' else 2, hidden_size=64, num_layers=4, features=16,
             out_channels=(8, 16, 32, 64), image_size=98, head_hidden_size=8, metric=metric)
-    if family == 'dpt':
+    if family in ('dpt', 'midas'):
         from transformers import DPTConfig
 
         return DPTConfig(
             hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
             backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
-            fusion_hidden_size=16, readout_type='project', image_size=64, patch_size=16)
-    raise ModelLoadError(f"Unknown family {family!r}; expected 'dav1', 'dav2' or 'dpt'.")
+            fusion_hidden_size=16, readout_type='project', image_size=64, patch_size=16,
+            layer_norm_eps=1e-6 if family == 'midas' else 1e-12)
+    raise ModelLoadError(
+        f"Unknown family {family!r}; expected 'dav1', 'dav2', 'dpt' or 'midas'.")
 
 
 def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Module:
@@ -232,7 +260,8 @@ def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Modu
 
     On ``device='meta'`` nothing is allocated: use it to count parameters or as the
     target of ``load_state_dict(..., assign=True)``. Depth Anything networks resize
-    their position embeddings as the official code (``models.dinov2``).
+    their position embeddings as the official code (``models.dinov2``); plain-ViT DPT
+    networks accept any aspect ratio as MiDaS (``models.midas``).
     """
     from transformers import DepthAnythingForDepthEstimation, DPTForDepthEstimation
 
@@ -240,6 +269,8 @@ def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Modu
     with torch.device(device):
         network = cls(config)
     use_official_position_embeddings(network)
+    if config.model_type == 'dpt' and not config.is_hybrid:
+        use_any_aspect(network)
     return network.eval()
 
 
@@ -399,7 +430,7 @@ def load_network(
         config = _config_for_file(spec, name, state_dict, layout, path)
     else:
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
-    if (config.model_type == 'dpt') != (spec.family == 'dpt'):
+    if (config.model_type == 'dpt') != spec.is_dpt:
         raise ModelLoadError(
             f'{path} holds a {config.model_type} model, which does not fit name {name!r}.')
     if _is_metric(config):
@@ -412,6 +443,11 @@ def load_network(
         _check_keys(path, name, dict(state_dict),
                     {k: v.shape for k, v in hf_to_official(network.state_dict()).items()})
         state_dict = official_to_hf(state_dict)
+    elif layout == 'midas':
+        used = {k: v for k, v in state_dict.items() if not k.startswith(midas.UNUSED_PREFIX)}
+        _check_keys(path, name, used,
+                    {k: v.shape for k, v in midas.hf_to_official(network.state_dict()).items()})
+        state_dict = midas.official_to_hf(used)
     else:
         if config.model_type != 'dpt':
             state_dict = _rename_legacy_hf(state_dict)
@@ -581,12 +617,13 @@ def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 
 def _detect_layout(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
     keys = list(state_dict)
-    if any(k.startswith('pretrained.model.') for k in keys) or any(
-            k.startswith('scratch.') for k in keys):
-        raise ModelLoadError(
-            f'{path} is an original MiDaS/DPT checkpoint (timm layout), which is not supported; '
-            "convert it with transformers' convert_dpt_to_pytorch.py / "
-            'convert_dpt_hybrid_to_pytorch.py and load the resulting folder.')
+    if midas.is_official_midas(keys):
+        if midas.is_hybrid(keys):
+            raise ModelLoadError(
+                f'{path} is an original MiDaS DPT-Hybrid checkpoint (timm ResNet50 stem), which '
+                "is not converted; convert it with transformers' convert_dpt_hybrid_to_pytorch.py "
+                'and load the folder as dpt-hybrid.')
+        return 'midas'
     if any(k.startswith('pretrained.') for k in keys) and any(
             k.startswith('depth_head.') for k in keys):
         if any(k.startswith('depth_head.readout_projects.') for k in keys):
@@ -606,6 +643,15 @@ def _detect_layout(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
 def _config_for_file(
     spec: NameSpec, name: str, state_dict: Mapping[str, torch.Tensor], layout: str, path: Path,
 ) -> Any:
+    if layout == 'midas' and spec.family != 'midas':
+        raise ModelLoadError(
+            f'{path} is an original MiDaS checkpoint, not {name!r}; use midas-dpt-large.')
+    if spec.family == 'midas':
+        if layout == 'midas':
+            return midas_config(spec.size or '')
+        if not any(k.startswith('dpt.') for k in state_dict):
+            raise ModelLoadError(f'{path} holds a Depth Anything model, not {name!r}.')
+        return dpt_config(spec.size or '')
     if spec.family == 'dpt':
         if not any(k.startswith('dpt.') for k in state_dict):
             raise ModelLoadError(f'{path} holds a Depth Anything model, not {name!r}.')
@@ -719,10 +765,15 @@ class TorchDepthModel(DepthModel):
         output_kind: what the network emits.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` (never a silent fallback).
         precision: ``'auto'`` (fp16 on CUDA), ``'fp32'``, ``'fp16'`` (CUDA autocast only).
-        input_size: short side of the network input (pixels); rounded to a multiple of
-            14 (Depth Anything) or 32 (DPT).
+        input_size: target size of the network input (pixels; the short side for Depth
+            Anything, rounded to a multiple of 14; the side nearest to it for MiDaS, the
+            square side for DPT folders, multiples of 32). None: the family's official
+            size (518 Depth Anything, 384 MiDaS/DPT).
         warmup: run one inference on a square ``input_size`` image now, so the first
             real frame does not pay for lazy initialisation.
+
+    Pre/post-processing follows the official code of the family named by ``name``
+    (``preprocessing.InputRecipe``).
     """
 
     def __init__(
@@ -733,7 +784,7 @@ class TorchDepthModel(DepthModel):
         output_kind: OutputKind,
         device: str = 'auto',
         precision: str = 'auto',
-        input_size: int = 518,
+        input_size: int | None = None,
         warmup: bool = True,
     ) -> None:
         self.name = name
@@ -744,7 +795,9 @@ class TorchDepthModel(DepthModel):
         if output_kind == 'metric_depth':
             config: Any = network.config
             self.max_depth = float(config.max_depth)
-        self.net = DepthNet(network, input_size).to(self.device).eval()
+        recipe = parse_name(name).recipe
+        input_size = input_size or recipe.native_size
+        self.net = DepthNet(network, input_size, recipe).to(self.device).eval()
         self._last_size = self.net.network_size(input_size, input_size)
         if warmup:
             self.infer(np.zeros((input_size, input_size, 3), np.uint8))

@@ -6,7 +6,11 @@ Names (``MODEL_NAMES``):
 - ``dav1-s|b|l``: Depth Anything V1 (ViT-S/B/L), relative disparity.
 - ``dav2-s|b|l``: Depth Anything V2, relative disparity.
 - ``dav2-metric-s|b|l``: Depth Anything V2 metric heads, metric depth in metres.
-- ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT, relative disparity.
+- ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT from Hugging Face folders (their image
+  processor: square input), relative disparity.
+- ``midas-dpt-large``: an original isl-org/MiDaS ``dpt_large_384.pt`` with the official
+  MiDaS preprocessing, relative disparity (``midas-dpt-hybrid``: DPT-Hybrid folders
+  with that preprocessing; the original hybrid ``.pt`` is not converted).
 - ``dav1`` / ``dav2`` / ``dav2-metric``: like the sized names, with the ViT size
   read from the checkpoint's tensor shapes (any size, also non-standard ones).
 """
@@ -25,6 +29,7 @@ MODEL_NAMES: tuple[str, ...] = (
     'dav2-s', 'dav2-b', 'dav2-l',
     'dav2-metric-s', 'dav2-metric-b', 'dav2-metric-l',
     'dpt-hybrid', 'dpt-large',
+    'midas-dpt-large', 'midas-dpt-hybrid',
     'dav1', 'dav2', 'dav2-metric',
 )
 #: Values of ``load(backend=...)``.
@@ -40,7 +45,7 @@ def load(
     device: str = 'auto',
     precision: str = 'auto',
     backend: str = 'torch',
-    input_size: int = 518,
+    input_size: int | None = None,
     max_depth: float | None = None,
 ) -> DepthModel:
     """Build a depth model by name and load its weights.
@@ -57,9 +62,11 @@ def load(
         precision: ``'auto'`` (fp16 on CUDA, fp32 on CPU), ``'fp32'`` or ``'fp16'``
             (CUDA only: fp16 on the CPU raises ``ConfigError``).
         backend: ``'torch'``, ``'onnxruntime'`` or ``'tensorrt'``.
-        input_size: short side of the network input in pixels (rounded to a multiple of
-            14; DPT: a square multiple of 32). Ignored by ``photometric`` (it works at its
-            own low resolution) and by ONNX/TensorRT files (the size is fixed at export).
+        input_size: target size of the network input in pixels, applied by the family's
+            official resize rule (Depth Anything: short side, multiple of 14; MiDaS: the
+            side nearest to it, multiples of 32; DPT folders: square). None: the official
+            size (518 Depth Anything, 384 MiDaS/DPT). Ignored by ``photometric`` (it works
+            at its own low resolution) and by ONNX/TensorRT files (fixed at export).
         max_depth: metric Depth Anything models only: the largest depth (m) the
             network outputs (its sigmoid head's scale: 20 for the official indoor
             models, 80 for the outdoor ones). None: a Hugging Face folder's value, else
@@ -83,8 +90,9 @@ def load(
         raise ConfigError(f'Unknown backend {backend!r}; expected one of {BACKENDS}.')
     if precision not in PRECISIONS:
         raise ConfigError(f'Unknown precision {precision!r}; expected one of {PRECISIONS}.')
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 14:
-        raise ConfigError(f'input_size must be an integer >= 14, got {input_size!r}.')
+    if input_size is not None and (
+            isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 14):
+        raise ConfigError(f'input_size must be None or an integer >= 14, got {input_size!r}.')
     if name == 'photometric':
         return _load_photometric(checkpoint, device, precision, backend)
     if checkpoint is None:
