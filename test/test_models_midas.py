@@ -133,3 +133,18 @@ def test_midas_model_uses_the_official_recipe(tiny: torch.nn.Module, tmp_path: P
     assert model.network_size(40, 72) == (32, 64)  # 64/72 is closer to 1 than 64/40
     out = model.infer(np.random.default_rng(0).integers(0, 256, (40, 72, 3), np.uint8))
     assert out.shape == (40, 72) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize(('name', 'mode', 'align_corners', 'native'), [
+    ('dav2-s', 'bilinear', True, 518),     # Depth-Anything-V2 infer_image
+    ('dav2-metric', 'bilinear', True, 518),
+    ('dav1-b', 'bilinear', False, 518),    # Depth-Anything (V1) run.py
+    ('midas-dpt-large', 'bicubic', False, 384),  # MiDaS run.py
+    ('dpt-large', 'bilinear', True, 384),  # Hugging Face DPT processor
+])
+def test_each_family_restores_the_output_as_its_official_code(
+    name: str, mode: str, align_corners: bool, native: int,
+) -> None:
+    recipe = da.parse_name(name).recipe
+    assert (recipe.output_mode, recipe.output_align_corners, recipe.native_size) == (
+        mode, align_corners, native)
