@@ -113,7 +113,7 @@ def test_hybrid_file_is_refused_with_the_way_out(tmp_path: Path) -> None:
                 'pretrained.model.cls_token': torch.zeros(1),
                 'scratch.layer1_rn.weight': torch.zeros(1)}, path)
     with pytest.raises(ModelLoadError, match=r'DPT-Hybrid.*dpt-hybrid'):
-        models.load('midas-dpt-hybrid', path, device='cpu')
+        models.load('midas-dpt-large', path, device='cpu')
 
 
 @pytest.mark.parametrize(('height', 'width', 'expected'), [

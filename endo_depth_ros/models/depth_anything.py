@@ -116,8 +116,8 @@ def parse_name(name: str) -> NameSpec:
     """
     if name in ('dpt-hybrid', 'dpt-large'):
         return NameSpec('dpt', name[4:], False)
-    if name in ('midas-dpt-hybrid', 'midas-dpt-large'):
-        return NameSpec('midas', name[10:], False)
+    if name == 'midas-dpt-large':
+        return NameSpec('midas', 'large', False)
     match = re.fullmatch(r'(dav1|dav2)(-metric)?(?:-([sbl]))?', name)
     if match is None or (match[1] == 'dav1' and match[2]):
         raise ModelLoadError(f'{name!r} is not a Depth Anything or DPT model name.')

@@ -8,9 +8,9 @@ Names (``MODEL_NAMES``):
 - ``dav2-metric-s|b|l``: Depth Anything V2 metric heads, metric depth in metres.
 - ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT from Hugging Face folders (their image
   processor: square input), relative disparity.
-- ``midas-dpt-large``: an original isl-org/MiDaS ``dpt_large_384.pt`` with the official
-  MiDaS preprocessing, relative disparity (``midas-dpt-hybrid``: DPT-Hybrid folders
-  with that preprocessing; the original hybrid ``.pt`` is not converted).
+- ``midas-dpt-large``: an original isl-org/MiDaS ``dpt_large_384.pt`` (or a DPT-Large
+  Hugging Face folder) with the official MiDaS preprocessing, relative disparity. The
+  original ``dpt_hybrid_384.pt`` is not converted (its HF folder loads as ``dpt-hybrid``).
 - ``dav1`` / ``dav2`` / ``dav2-metric``: like the sized names, with the ViT size
   read from the checkpoint's tensor shapes (any size, also non-standard ones).
 """
@@ -29,7 +29,7 @@ MODEL_NAMES: tuple[str, ...] = (
     'dav2-s', 'dav2-b', 'dav2-l',
     'dav2-metric-s', 'dav2-metric-b', 'dav2-metric-l',
     'dpt-hybrid', 'dpt-large',
-    'midas-dpt-large', 'midas-dpt-hybrid',
+    'midas-dpt-large',
     'dav1', 'dav2', 'dav2-metric',
 )
 #: Values of ``load(backend=...)``.
