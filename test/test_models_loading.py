@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 import shutil
-import sys
 import warnings
 
 from model_helpers import random_network
@@ -250,5 +249,12 @@ def test_model_config_passes_max_depth_m(metric_pth: Path) -> None:
         ModelConfig(max_depth_m=-1.0)
 
 
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__]))
+
+def test_diagnostics_report_the_metric_scale(metric_pth: Path) -> None:
+    pytest.importorskip('rclpy')
+    from endo_depth_ros.ros.node import standalone_node
+
+    model = _metric(metric_pth, max_depth=80.0)
+    with standalone_node(model=model) as node:
+        values = {kv.key: kv.value for kv in node.diagnostics_status().values}
+    assert values['model.max_depth_m'] == '80'
