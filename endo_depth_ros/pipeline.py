@@ -53,7 +53,12 @@ class ModelConfig:
         backend: ``'torch'``, ``'onnxruntime'``, ``'tensorrt'``.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
         precision: ``'auto'``, ``'fp32'``, ``'fp16'``.
-        input_size: network input short side (pixels), a multiple of 14 for ViTs.
+        input_size: network input size (pixels) under the family's official resize rule
+            (short side for Depth Anything); 0: the official size (518 Depth Anything,
+            384 MiDaS/DPT).
+        max_depth_m: metric Depth Anything models: the largest depth (m) the network
+            outputs (20 indoor/Hypersim, 80 outdoor/VKITTI); 0 takes the checkpoint's
+            value (Hugging Face folder, ONNX export), else 20 with a warning.
         min_period_s: each inference takes at least this long (the pipeline sleeps the
             rest); 0 disables. Emulates a slower model (e.g. a large ViT on a small GPU)
             for overload tests and live evaluations.
@@ -64,14 +69,20 @@ class ModelConfig:
     backend: str = 'torch'
     device: str = 'auto'
     precision: str = 'auto'
-    input_size: int = 518
+    input_size: int = 0
+    max_depth_m: float = 0.0
     min_period_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError('model name must not be empty.')
-        if self.input_size < 14:
-            raise ConfigError(f'model input_size must be at least 14, got {self.input_size}.')
+        if self.input_size != 0 and self.input_size < 14:
+            raise ConfigError(
+                f'model input_size must be 0 (official size) or at least 14, got '
+                f'{self.input_size}.')
+        if not 0.0 <= self.max_depth_m <= 1000.0:
+            raise ConfigError(
+                f'model max_depth_m must be in [0, 1000] metres, got {self.max_depth_m}.')
         if not 0.0 <= self.min_period_s <= 60.0:
             raise ConfigError(
                 f'model min_period_s must be in [0, 60] seconds, got {self.min_period_s}.')
@@ -80,7 +91,8 @@ class ModelConfig:
         """Build the model (raises ``ModelLoadError`` / ``BackendUnavailableError``)."""
         return models.load(
             self.name, self.checkpoint or None, device=self.device, precision=self.precision,
-            backend=self.backend, input_size=self.input_size)
+            backend=self.backend, input_size=self.input_size or None,
+            max_depth=self.max_depth_m or None)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ is the image size itself, ``input_size = min(H, W)``): the photometric prior,
 Depth Anything V2-S in PyTorch fp32, and the same network exported to ONNX and run
 by onnxruntime (CPU provider here). DAv2-S has random weights (none can be
 downloaded): timing does not depend on them. The onnxruntime row also reports its
-largest deviation from torch.
+largest deviation from torch. ``--torch-models`` adds PyTorch rows of further
+networks (default: the original MiDaS v3 DPT-Large, ``midas-dpt-large``; the other
+Depth Anything names cost the same as their size's DAv2).
 
 Table 2 scores the photometric prior on synthetic sequences (``endo_depth_ros.synth``):
 Spearman rank correlation of the predicted and true depth, AbsRel and δ<1.25 after
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='timed repeats per network measurement (default: %(default)s)')
     parser.add_argument('--skip-networks', action='store_true',
                         help='time the photometric prior only (no torch/onnxruntime DAv2-S)')
+    parser.add_argument('--torch-models', default='midas-dpt-large',
+                        help='comma-separated network names also timed in PyTorch '
+                             "(random weights; '' for none; default: %(default)s)")
     parser.add_argument('--accuracy-frames', type=int, default=24,
                         help='frames per synthetic sequence for the accuracy table '
                              '(0 skips it; default: %(default)s)')
@@ -61,6 +66,10 @@ def run(args: argparse.Namespace) -> None:
         rows.append(_row(photometric, height, width, ms))
         if not args.skip_networks:
             rows.extend(_network_rows(rgb, args.repeats))
+            for name in filter(None, args.torch_models.split(',')):
+                model = random_weights_model(name.strip(), min(height, width))
+                ms = median_ms(partial(model.infer, rgb), repeats=args.repeats, warmup=1)
+                rows.append(_row(model, height, width, ms))
     print_table('Depth models on this CPU (ms/frame, median)', rows)
     if args.accuracy_frames > 0:
         print_table('Photometric prior on synthetic sequences (per-frame median scaling)',

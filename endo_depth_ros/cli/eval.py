@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                        dest='align_modes', help='temporal alignment mode (repeatable); '
                        'default stream')
     group.add_argument('--device', default='auto', help='model device (default auto)')
-    group.add_argument('--input-size', type=int, default=518,
-                       help='network input short side in pixels (default 518)')
+    group.add_argument('--input-size', type=int, default=0,
+                       help='network input size in pixels (default 0: the official size, '
+                            '518 Depth Anything, 384 MiDaS/DPT)')
     group.add_argument('--max-size', default=None, metavar='WIDTHxHEIGHT',
                        help="working size limit: larger frames are processed shrunk to fit "
                             "(default: the node's input.max_width x max_height; 0 = full "
@@ -142,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     from endo_depth_ros.pipeline import PipelineConfig
 
     base = PipelineConfig()
-    if args.input_size < 14:
+    if args.input_size != 0 and args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14, got {args.input_size}.')
     base = replace(base, model=replace(base.model, device=args.device,
                                        input_size=args.input_size))

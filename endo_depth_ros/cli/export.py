@@ -44,8 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an existing --out file (never the checkpoint)')
-    parser.add_argument('--input-size', type=int, default=518,
-                        help='short side of the network input (default 518)')
+    parser.add_argument('--input-size', type=int, default=0,
+                        help='network input size under the family\'s resize rule (default 0: '
+                             'the official size, 518 Depth Anything, 384 MiDaS/DPT)')
+    parser.add_argument('--max-depth', type=float, default=None,
+                        help='metric models: largest output depth in metres (20 indoor, '
+                             '80 outdoor official models); default: the checkpoint\'s, '
+                             'else 20 with a warning')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset (default {DEFAULT_OPSET})')
     parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32',
@@ -71,20 +76,22 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("'photometric' is an OpenCV model without a network to export.")
     if args.name not in MODEL_NAMES:
         raise ConfigError(f'Unknown model {args.name!r}; known: {", ".join(MODEL_NAMES[1:])}.')
-    if args.input_size < 14:
+    if args.input_size != 0 and args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
                           f'{args.input_size}.')
     check_image_size(args.width, args.height)
     prepare_file_output(args.out, overwrite=args.overwrite, inputs=[args.checkpoint])
-    network, output_kind = load_network(args.name, args.checkpoint)
+    network, output_kind = load_network(args.name, args.checkpoint, max_depth=args.max_depth)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
-                            precision='fp32', input_size=args.input_size, warmup=False)
+                            precision='fp32', input_size=args.input_size or None,
+                            warmup=False)
     path = export_onnx(model, args.out, args.height, args.width, opset=args.opset,
                        dynamic_batch=not args.static_batch, precision=args.precision)
     net_h, net_w = model.network_size(args.height, args.width)
     print(f'{PROG}: wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {args.name}, '
           f'{args.height}x{args.width} images, network input {net_h}x{net_w}, '
-          f'opset {args.opset}, {args.precision}')
+          f'opset {args.opset}, {args.precision}'
+          + ('' if model.max_depth is None else f', max_depth {model.max_depth:g} m'))
     if not args.no_verify:
         rgb = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), np.uint8)
         reference = model.infer(rgb)

@@ -12,7 +12,11 @@ vitl (``l``)  1024    24      16     256       256, 512, 1024, 1024       4, 11,
 ============  ======  ======  =====  ========  =========================  ===============
 
 V1 feeds the DPT head with the last four blocks. The metric V2 heads end in a
-sigmoid scaled by ``max_depth`` (20 m for the official Hypersim models).
+sigmoid scaled by ``max_depth``: the largest depth (metres) the network can output.
+The official metric models use 20 m (indoor, Hypersim) and 80 m (outdoor, VKITTI);
+a ``.pth`` does not store it, a Hugging Face folder does (``config.json``). Pass it
+with ``load(..., max_depth=...)``; when it is neither given nor stored, 20 m is
+assumed with a ``MaxDepthAssumedWarning``.
 
 Weights come from a Hugging Face folder (``config.json`` + safetensors), an official
 Depth Anything ``.pth`` state dict (converted by ``official_to_hf``), or a single
@@ -26,18 +30,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 import json
 from pathlib import Path
-import pickle
 import re
 from typing import Any
-import zipfile
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from endo_depth_ros.errors import ModelLoadError
+from endo_depth_ros.errors import ConfigError, ModelLoadError
+from endo_depth_ros.models import midas
 from endo_depth_ros.models.base import DepthModel, OutputKind
-from endo_depth_ros.models.preprocessing import DepthNet, resolve_device, resolve_precision
+from endo_depth_ros.models.dinov2 import use_official_position_embeddings
+from endo_depth_ros.models.midas import midas_config, use_any_aspect
+from endo_depth_ros.models.preprocessing import (
+    DEPTH_ANYTHING_V1,
+    DEPTH_ANYTHING_V2,
+    HF_DPT,
+    MIDAS_V3,
+    DepthNet,
+    InputRecipe,
+    resolve_device,
+    resolve_precision,
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +72,15 @@ VIT_SIZES: dict[str, VitSize] = {
     'b': VitSize(768, 12, 12, 128, (96, 192, 384, 768), (2, 5, 8, 11)),
     'l': VitSize(1024, 24, 16, 256, (256, 512, 1024, 1024), (4, 11, 17, 23)),
 }
-#: ``max_depth`` of the official metric V2 checkpoints trained on Hypersim (indoor).
+#: ``max_depth`` (m) assumed for a metric checkpoint that does not store it: the value
+#: of the official indoor (Hypersim) metric V2 models; the outdoor (VKITTI) ones use 80.
 DEFAULT_MAX_DEPTH = 20
+#: Largest accepted ``max_depth`` (m): far beyond any endoscope, catches unit mistakes.
+MAX_DEPTH_LIMIT = 1000.0
+
+
+class MaxDepthAssumedWarning(UserWarning):
+    """A metric checkpoint did not say its ``max_depth``; the default was assumed."""
 _PATCH = 14
 
 
@@ -66,13 +88,24 @@ _PATCH = 14
 class NameSpec:
     """What a registry name asks for: family, size (None: read from the checkpoint)."""
 
-    family: str  # 'dav1' | 'dav2' | 'dpt'
+    family: str  # 'dav1' | 'dav2' | 'dpt' (HF folders) | 'midas' (official MiDaS files)
     size: str | None  # 's' | 'b' | 'l' | 'hybrid' | 'large' | None
     metric: bool
 
     @property
     def output_kind(self) -> OutputKind:
         return 'metric_depth' if self.metric else 'relative_disparity'
+
+    @property
+    def is_dpt(self) -> bool:
+        """Whether the network is transformers' DPT (MiDaS v3) rather than Depth Anything."""
+        return self.family in ('dpt', 'midas')
+
+    @property
+    def recipe(self) -> InputRecipe:
+        """The official pre/post-processing of the family (``preprocessing`` table)."""
+        return {'dav1': DEPTH_ANYTHING_V1, 'dav2': DEPTH_ANYTHING_V2, 'dpt': HF_DPT,
+                'midas': MIDAS_V3}[self.family]
 
 
 def parse_name(name: str) -> NameSpec:
@@ -83,6 +116,8 @@ def parse_name(name: str) -> NameSpec:
     """
     if name in ('dpt-hybrid', 'dpt-large'):
         return NameSpec('dpt', name[4:], False)
+    if name == 'midas-dpt-large':
+        return NameSpec('midas', 'large', False)
     match = re.fullmatch(r'(dav1|dav2)(-metric)?(?:-([sbl]))?', name)
     if match is None or (match[1] == 'dav1' and match[2]):
         raise ModelLoadError(f'{name!r} is not a Depth Anything or DPT model name.')
@@ -186,6 +221,8 @@ def make_config(name: str) -> Any:
     spec = parse_name(name)
     if spec.family == 'dpt':
         return dpt_config(spec.size or '')
+    if spec.family == 'midas':
+        return midas_config(spec.size or '')
     if spec.size is None:
         raise ModelLoadError(f'{name!r} takes its size from a checkpoint; use {name}-s|b|l.')
     vit = VIT_SIZES[spec.size]
@@ -206,27 +243,34 @@ def tiny_config(family: str = 'dav2', *, metric: bool = False) -> Any:
         return depth_anything_config(
             1 if family == 'dav1' else 2, hidden_size=64, num_layers=4, features=16,
             out_channels=(8, 16, 32, 64), image_size=98, head_hidden_size=8, metric=metric)
-    if family == 'dpt':
+    if family in ('dpt', 'midas'):
         from transformers import DPTConfig
 
         return DPTConfig(
             hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
             backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
-            fusion_hidden_size=16, readout_type='project', image_size=64, patch_size=16)
-    raise ModelLoadError(f"Unknown family {family!r}; expected 'dav1', 'dav2' or 'dpt'.")
+            fusion_hidden_size=16, readout_type='project', image_size=64, patch_size=16,
+            layer_norm_eps=1e-6 if family == 'midas' else 1e-12)
+    raise ModelLoadError(
+        f"Unknown family {family!r}; expected 'dav1', 'dav2', 'dpt' or 'midas'.")
 
 
 def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Module:
     """Instantiate the transformers model of ``config`` (random weights; ``'meta'``: none).
 
     On ``device='meta'`` nothing is allocated: use it to count parameters or as the
-    target of ``load_state_dict(..., assign=True)``.
+    target of ``load_state_dict(..., assign=True)``. Depth Anything networks resize
+    their position embeddings as the official code (``models.dinov2``); plain-ViT DPT
+    networks accept any aspect ratio as MiDaS (``models.midas``).
     """
     from transformers import DepthAnythingForDepthEstimation, DPTForDepthEstimation
 
     cls = DPTForDepthEstimation if config.model_type == 'dpt' else DepthAnythingForDepthEstimation
     with torch.device(device):
         network = cls(config)
+    use_official_position_embeddings(network)
+    if config.model_type == 'dpt' and not config.is_hybrid:
+        use_any_aspect(network)
     return network.eval()
 
 
@@ -351,41 +395,59 @@ def _rename_legacy_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 # ------------------------------------------------------------------------- loading
 
 
-def load_network(name: str, path: str | Path) -> tuple[nn.Module, OutputKind]:
+def load_network(
+    name: str, path: str | Path, *, max_depth: float | None = None,
+) -> tuple[nn.Module, OutputKind]:
     """Build the network of ``name`` and load the weights at ``path`` strictly.
 
     Args:
         name: a Depth Anything / DPT registry name.
         path: Hugging Face folder, official ``.pth``, or single HF-layout file.
+        max_depth: metric models only: largest output depth (m), the scale of the
+            sigmoid head. None: the folder's ``config.json`` value, else
+            ``DEFAULT_MAX_DEPTH`` with a ``MaxDepthAssumedWarning``.
 
     Returns:
-        The network (CPU, fp32, eval mode) and its output kind.
+        The network (CPU, fp32, eval mode; ``network.config.max_depth`` holds the
+        metric scale) and its output kind.
 
     Raises:
         ModelLoadError: missing/unreadable file, unknown layout, architecture or keys
             not matching (the message names the file and lists the offending keys).
+        ConfigError: ``max_depth`` out of (0, ``MAX_DEPTH_LIMIT``] or given for a
+            relative model.
     """
     spec = parse_name(name)
     path = Path(path)
+    check_max_depth(name, spec.metric, max_depth)
     if path.is_dir():
         config, state_dict = _read_folder(path)
         _check_folder_config(spec, name, config, path)
-        layout = 'hf'
+        layout = 'folder'
     elif path.is_file():
         state_dict = read_state_dict(path)
         layout = _detect_layout(state_dict, path)
         config = _config_for_file(spec, name, state_dict, layout, path)
     else:
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
-    if (config.model_type == 'dpt') != (spec.family == 'dpt'):
+    if (config.model_type == 'dpt') != spec.is_dpt:
         raise ModelLoadError(
             f'{path} holds a {config.model_type} model, which does not fit name {name!r}.')
+    if _is_metric(config):
+        # Only a folder's config.json stores max_depth; a state dict never does.
+        stored = config.max_depth if layout == 'folder' else None
+        set_max_depth(config, _metric_scale(name, path, max_depth, stored))
     network = build_network(config, device='meta')
     expected = {k: v.shape for k, v in network.state_dict().items()}
     if layout == 'official':
         _check_keys(path, name, dict(state_dict),
                     {k: v.shape for k, v in hf_to_official(network.state_dict()).items()})
         state_dict = official_to_hf(state_dict)
+    elif layout == 'midas':
+        used = {k: v for k, v in state_dict.items() if not k.startswith(midas.UNUSED_PREFIX)}
+        _check_keys(path, name, used,
+                    {k: v.shape for k, v in midas.hf_to_official(network.state_dict()).items()})
+        state_dict = midas.official_to_hf(used)
     else:
         if config.model_type != 'dpt':
             state_dict = _rename_legacy_hf(state_dict)
@@ -395,6 +457,51 @@ def load_network(name: str, path: str | Path) -> tuple[nn.Module, OutputKind]:
     return network, 'metric_depth' if _is_metric(config) else 'relative_disparity'
 
 
+def check_max_depth(name: str, metric: bool, max_depth: float | None) -> None:
+    """Refuse a ``max_depth`` for a relative model or outside (0, ``MAX_DEPTH_LIMIT``] m.
+
+    Raises:
+        ConfigError: naming the value.
+    """
+    if max_depth is None:
+        return
+    if not metric:
+        raise ConfigError(
+            f'max_depth applies to metric models only; {name!r} outputs relative disparity.')
+    if isinstance(max_depth, bool) or not 0 < max_depth <= MAX_DEPTH_LIMIT:
+        raise ConfigError(
+            f'max_depth must be in (0, {MAX_DEPTH_LIMIT:g}] metres, got {max_depth!r}.')
+
+
+def set_max_depth(config: Any, max_depth: float | None) -> None:
+    """Set a ``DepthAnythingConfig``'s ``max_depth`` (m), fractional values included.
+
+    transformers types the field ``int`` and validates assignments, but the head only
+    multiplies by it and endoscope scenes need fractions of a metre, so the value is
+    stored without that check (``save_pretrained`` writes it to ``config.json`` as is).
+    """
+    value = None if max_depth is None else float(max_depth)
+    if value is not None and value.is_integer():
+        value = int(value)
+    object.__setattr__(config, 'max_depth', value)
+
+
+def _metric_scale(
+    name: str, path: Path, requested: float | None, stored: float | None,
+) -> float:
+    """The ``max_depth`` (m) of a metric network: asked for, stored, or assumed."""
+    if requested is not None:
+        return float(requested)
+    if stored is not None:
+        return float(stored)
+    warnings.warn(
+        f'{path} does not store the max_depth of metric model {name!r}; assuming '
+        f'{DEFAULT_MAX_DEPTH} m (official indoor/Hypersim models; outdoor/VKITTI ones use '
+        '80). Set it explicitly: load(max_depth=...), model.max_depth_m, --max-depth.',
+        MaxDepthAssumedWarning, stacklevel=3)
+    return float(DEFAULT_MAX_DEPTH)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a ``.pth``/``.pt``/``.bin`` (weights only) or ``.safetensors`` state dict.
 
@@ -402,28 +509,59 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ``module.`` prefix.
 
     Raises:
-        ModelLoadError: unreadable file or not a mapping of names to tensors.
+        ModelLoadError: one line naming the file: not a regular file, unreadable (any
+            bytes that are not a weights-only pickle, zip or safetensors: text, random
+            bytes, a pickled module, truncated or empty files, ONNX), or not a mapping
+            of names to tensors.
     """
+    if not path.is_file():
+        kind = 'a directory' if path.is_dir() else 'not a regular file'
+        raise ModelLoadError(f'{path} is not a PyTorch/safetensors checkpoint ({kind}).')
     try:
+        if path.stat().st_size == 0:
+            raise EOFError('the file is empty')
         if path.suffix == '.safetensors':
             from safetensors.torch import load_file
             loaded: Any = load_file(str(path))
         else:
             loaded = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
-            zipfile.BadZipFile, KeyError) as err:
+    except Exception as err:  # unpicklers raise any exception type on foreign bytes
+        hint = " (an ONNX file: use backend 'onnxruntime')" if path.suffix == '.onnx' else ''
         raise ModelLoadError(
-            f'{path} is not a readable PyTorch/safetensors checkpoint '
-            f'({type(err).__name__}: {err}).') from err
+            f'{path} is not a PyTorch/safetensors checkpoint{hint}: {first_line(err)}') from None
     for wrapper in ('model', 'state_dict'):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
     if not isinstance(loaded, dict) or not loaded or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
-        raise ModelLoadError(f'{path} does not contain a state dict (names -> tensors).')
+        raise ModelLoadError(
+            f'{path} is not a PyTorch/safetensors checkpoint: it holds a '
+            f'{type(loaded).__name__}, not a state dict (names -> tensors).')
     if all(k.startswith('module.') for k in loaded):
         loaded = {k[len('module.'):]: v for k, v in loaded.items()}
     return loaded
+
+
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+#: Longest cause quoted in a loading error (characters).
+_CAUSE_CHARS = 160
+
+
+def first_line(err: BaseException) -> str:
+    """``'Type: first line of the message'``, without colour codes, at most ~160 chars.
+
+    torch's weights-only unpickler wraps the actual cause in a paragraph of advice;
+    only the cause (``Unsupported operand 220``, ``Unsupported global: ...``) is kept.
+    """
+    text = _ANSI.sub('', str(err)).strip()
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+        text = text.split('. ', 1)[0].split(' was not an allowed global', 1)[0]
+    line = text.splitlines()[0].strip() if text else ''
+    if len(line) > _CAUSE_CHARS:
+        line = line[:_CAUSE_CHARS].rstrip() + '...'
+    return f'{type(err).__name__}: {line}' if line else type(err).__name__
 
 
 def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -433,7 +571,9 @@ def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 
     config_file = path / 'config.json'
     if not config_file.is_file():
-        raise ModelLoadError(f'{path} is a folder without config.json (not a Hugging Face model).')
+        raise ModelLoadError(
+            f'{path} is not a PyTorch/safetensors checkpoint (a directory without '
+            'config.json, so not a Hugging Face model folder either).')
     try:
         raw = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -442,14 +582,23 @@ def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     if model_type not in ('depth_anything', 'dpt'):
         raise ModelLoadError(
             f"{config_file} has model_type {model_type!r}; expected 'depth_anything' or 'dpt'.")
-    if model_type == 'depth_anything' and raw.get('max_depth') is None:
-        # Older relative checkpoints store null; the head multiplies by it.
-        raw['max_depth'] = DEFAULT_MAX_DEPTH if raw.get('depth_estimation_type') == 'metric' else 1
+    if model_type == 'depth_anything':
+        # Older relative checkpoints store null (the head multiplies by it); a metric
+        # config without it must not get transformers' default of 1 m.
+        metric = raw.get('depth_estimation_type') == 'metric'
+        stored_max_depth = raw.pop('max_depth', None) if metric else 1
+        raw['max_depth'] = 1
     cls = DPTConfig if model_type == 'dpt' else DepthAnythingConfig
     try:
         config = cls.from_dict(raw)
     except (TypeError, ValueError, KeyError, StrictDataclassError) as err:
         raise ModelLoadError(f'{config_file} is not a valid {model_type} config: {err}') from err
+    if model_type == 'depth_anything':
+        if stored_max_depth is not None and not (
+                isinstance(stored_max_depth, (int, float)) and stored_max_depth > 0):
+            raise ModelLoadError(
+                f'{config_file} has max_depth {stored_max_depth!r}; expected metres > 0.')
+        set_max_depth(config, stored_max_depth)
     index = path / 'model.safetensors.index.json'
     if (path / 'model.safetensors').is_file():
         state_dict = read_state_dict(path / 'model.safetensors')
@@ -468,12 +617,13 @@ def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 
 def _detect_layout(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
     keys = list(state_dict)
-    if any(k.startswith('pretrained.model.') for k in keys) or any(
-            k.startswith('scratch.') for k in keys):
-        raise ModelLoadError(
-            f'{path} is an original MiDaS/DPT checkpoint (timm layout), which is not supported; '
-            "convert it with transformers' convert_dpt_to_pytorch.py / "
-            'convert_dpt_hybrid_to_pytorch.py and load the resulting folder.')
+    if midas.is_official_midas(keys):
+        if midas.is_hybrid(keys):
+            raise ModelLoadError(
+                f'{path} is an original MiDaS DPT-Hybrid checkpoint (timm ResNet50 stem), which '
+                "is not converted; convert it with transformers' convert_dpt_hybrid_to_pytorch.py "
+                'and load the folder as dpt-hybrid.')
+        return 'midas'
     if any(k.startswith('pretrained.') for k in keys) and any(
             k.startswith('depth_head.') for k in keys):
         if any(k.startswith('depth_head.readout_projects.') for k in keys):
@@ -493,6 +643,15 @@ def _detect_layout(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
 def _config_for_file(
     spec: NameSpec, name: str, state_dict: Mapping[str, torch.Tensor], layout: str, path: Path,
 ) -> Any:
+    if layout == 'midas' and spec.family != 'midas':
+        raise ModelLoadError(
+            f'{path} is an original MiDaS checkpoint, not {name!r}; use midas-dpt-large.')
+    if spec.family == 'midas':
+        if layout == 'midas':
+            return midas_config(spec.size or '')
+        if not any(k.startswith('dpt.') for k in state_dict):
+            raise ModelLoadError(f'{path} holds a Depth Anything model, not {name!r}.')
+        return dpt_config(spec.size or '')
     if spec.family == 'dpt':
         if not any(k.startswith('dpt.') for k in state_dict):
             raise ModelLoadError(f'{path} holds a Depth Anything model, not {name!r}.')
@@ -606,10 +765,15 @@ class TorchDepthModel(DepthModel):
         output_kind: what the network emits.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` (never a silent fallback).
         precision: ``'auto'`` (fp16 on CUDA), ``'fp32'``, ``'fp16'`` (CUDA autocast only).
-        input_size: short side of the network input (pixels); rounded to a multiple of
-            14 (Depth Anything) or 32 (DPT).
+        input_size: target size of the network input (pixels; the short side for Depth
+            Anything, rounded to a multiple of 14; the side nearest to it for MiDaS, the
+            square side for DPT folders, multiples of 32). None: the family's official
+            size (518 Depth Anything, 384 MiDaS/DPT).
         warmup: run one inference on a square ``input_size`` image now, so the first
             real frame does not pay for lazy initialisation.
+
+    Pre/post-processing follows the official code of the family named by ``name``
+    (``preprocessing.InputRecipe``).
     """
 
     def __init__(
@@ -620,7 +784,7 @@ class TorchDepthModel(DepthModel):
         output_kind: OutputKind,
         device: str = 'auto',
         precision: str = 'auto',
-        input_size: int = 518,
+        input_size: int | None = None,
         warmup: bool = True,
     ) -> None:
         self.name = name
@@ -628,7 +792,12 @@ class TorchDepthModel(DepthModel):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.backend = 'torch'
-        self.net = DepthNet(network, input_size).to(self.device).eval()
+        if output_kind == 'metric_depth':
+            config: Any = network.config
+            self.max_depth = float(config.max_depth)
+        recipe = parse_name(name).recipe
+        input_size = input_size or recipe.native_size
+        self.net = DepthNet(network, input_size, recipe).to(self.device).eval()
         self._last_size = self.net.network_size(input_size, input_size)
         if warmup:
             self.infer(np.zeros((input_size, input_size, 3), np.uint8))

@@ -2,13 +2,27 @@
 
 ``DepthNet`` wraps a transformers depth network so that the whole per-frame work
 runs on the model's device and inside one graph (the same graph is exported to
-ONNX): uint8 ``(N, H, W, 3)`` RGB -> float -> resize (bicubic; Depth Anything keeps
-the aspect ratio with sides multiples of 14, DPT gets a square multiple of 32) ->
-normalise -> network -> bilinear upsampling back to ``(N, H, W)``.
+ONNX): uint8 ``(N, H, W, 3)`` RGB -> float -> resize (bicubic, no antialiasing) ->
+normalise -> network -> upsampling back to ``(N, H, W)``. An ``InputRecipe`` holds
+what differs between the families' official code:
+
+=====================  ==========  ===========================  ========  ====================
+recipe                 multiple    resize rule                  mean/std  output upsampling
+=====================  ==========  ===========================  ========  ====================
+Depth Anything V2      14          short side >= size (lower)   ImageNet  bilinear, corners
+Depth Anything V1      14          short side >= size (lower)   ImageNet  bilinear
+MiDaS v3 (official)    32          side nearest to size         0.5/0.5   bicubic
+DPT (HF processor)     32          square size x size           0.5/0.5   bilinear, corners
+=====================  ==========  ===========================  ========  ====================
+
+("corners": ``align_corners=True``.) V2 is ``infer_image``, V1 its ``run.py``, MiDaS
+its ``run.py`` with ``keep_aspect_ratio`` (the default), DPT the transformers image
+processor of the Hugging Face DPT folders.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 from typing import Any
 
@@ -23,6 +37,56 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: MiDaS v3 / DPT normalise to [-1, 1].
 DPT_MEAN = (0.5, 0.5, 0.5)
 DPT_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class InputRecipe:
+    """How a family's official code sizes, normalises and restores an image (module table).
+
+    Attributes:
+        multiple: network sides are multiples of it (pixels).
+        resize: ``'lower_bound'``, ``'minimal'`` or ``'square'`` (see ``recipe_size``).
+        mean, std: per-channel normalisation of RGB in [0, 1].
+        output_mode: ``'bilinear'`` or ``'bicubic'`` upsampling of the output.
+        output_align_corners: ``align_corners`` of that upsampling.
+        native_size: the official network size (pixels), used when none is given.
+    """
+
+    multiple: int
+    resize: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output_mode: str
+    output_align_corners: bool
+    native_size: int
+
+
+DEPTH_ANYTHING_V2 = InputRecipe(14, 'lower_bound', IMAGENET_MEAN, IMAGENET_STD, 'bilinear',
+                                True, 518)
+DEPTH_ANYTHING_V1 = InputRecipe(14, 'lower_bound', IMAGENET_MEAN, IMAGENET_STD, 'bilinear',
+                                False, 518)
+MIDAS_V3 = InputRecipe(32, 'minimal', DPT_MEAN, DPT_STD, 'bicubic', False, 384)
+HF_DPT = InputRecipe(32, 'square', DPT_MEAN, DPT_STD, 'bilinear', True, 384)
+
+
+def recipe_size(recipe: InputRecipe, height: int, width: int, size: int) -> tuple[int, int]:
+    """Network input ``(h, w)`` for an image under ``recipe`` with target ``size``.
+
+    ``'lower_bound'``: see ``network_size``. ``'minimal'`` (MiDaS): keep the aspect
+    ratio, scaling by whichever of ``size / height`` and ``size / width`` is closer to
+    1, and round both sides to the nearest multiple. ``'square'``: ``size`` rounded
+    to a multiple, for both sides.
+    """
+    m = recipe.multiple
+    if recipe.resize == 'lower_bound':
+        return network_size(height, width, size, m)
+    if recipe.resize == 'minimal':
+        scale_h, scale_w = size / height, size / width
+        scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+        # round() rounds halves to even, as numpy's round in the official code.
+        return (max(m, round(height * scale / m) * m), max(m, round(width * scale / m) * m))
+    side = network_size(1, 1, size, m)[0]
+    return side, side
 
 
 def network_size(height: int, width: int, input_size: int, multiple: int) -> tuple[int, int]:
@@ -101,33 +165,31 @@ class DepthNet(nn.Module):
     Args:
         network: a transformers ``DepthAnythingForDepthEstimation`` or
             ``DPTForDepthEstimation``.
-        input_size: short side of the network input (pixels).
+        input_size: target size of the network input (pixels, see ``recipe_size``).
+        recipe: the family's official pre/post-processing (None: Depth Anything V2
+            for Depth Anything networks, the HF processor for DPT ones).
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, network: nn.Module, input_size: int) -> None:
+    def __init__(
+        self, network: nn.Module, input_size: int, recipe: InputRecipe | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
         self.input_size = input_size
-        is_dpt = getattr(network.config, 'model_type', '') == 'dpt'
-        self.multiple = 32 if is_dpt else 14
-        self.square = is_dpt
-        mean, std = (DPT_MEAN, DPT_STD) if is_dpt else (IMAGENET_MEAN, IMAGENET_STD)
-        self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if recipe is None:
+            is_dpt = getattr(network.config, 'model_type', '') == 'dpt'
+            recipe = HF_DPT if is_dpt else DEPTH_ANYTHING_V2
+        self.recipe = recipe
+        self.multiple = recipe.multiple
+        self.register_buffer('mean', torch.tensor(recipe.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(recipe.std).view(1, 3, 1, 1), persistent=False)
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
-        """Network input ``(h, w)`` for an image of ``height x width``.
-
-        transformers' DPT reshapes ViT tokens to a square grid, so DPT models get a
-        square input (as its image processor does); Depth Anything keeps the aspect.
-        """
-        if self.square:
-            side = network_size(1, 1, self.input_size, self.multiple)[0]
-            return side, side
-        return network_size(height, width, self.input_size, self.multiple)
+        """Network input ``(h, w)`` for an image of ``height x width`` (per the recipe)."""
+        return recipe_size(self.recipe, height, width, self.input_size)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``rgb``: (N, H, W, 3) uint8 -> (N, H, W) float32 network output."""
@@ -146,5 +208,6 @@ class DepthNet(nn.Module):
             pred = pred[:, None]
         if tuple(pred.shape[-2:]) != (height, width):
             pred = nn.functional.interpolate(
-                pred, size=(height, width), mode='bilinear', align_corners=True)
+                pred, size=(height, width), mode=self.recipe.output_mode,
+                align_corners=self.recipe.output_align_corners)
         return pred[:, 0].float()

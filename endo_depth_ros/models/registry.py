@@ -6,7 +6,11 @@ Names (``MODEL_NAMES``):
 - ``dav1-s|b|l``: Depth Anything V1 (ViT-S/B/L), relative disparity.
 - ``dav2-s|b|l``: Depth Anything V2, relative disparity.
 - ``dav2-metric-s|b|l``: Depth Anything V2 metric heads, metric depth in metres.
-- ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT, relative disparity.
+- ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT from Hugging Face folders (their image
+  processor: square input), relative disparity.
+- ``midas-dpt-large``: an original isl-org/MiDaS ``dpt_large_384.pt`` (or a DPT-Large
+  Hugging Face folder) with the official MiDaS preprocessing, relative disparity. The
+  original ``dpt_hybrid_384.pt`` is not converted (its HF folder loads as ``dpt-hybrid``).
 - ``dav1`` / ``dav2`` / ``dav2-metric``: like the sized names, with the ViT size
   read from the checkpoint's tensor shapes (any size, also non-standard ones).
 """
@@ -25,6 +29,7 @@ MODEL_NAMES: tuple[str, ...] = (
     'dav2-s', 'dav2-b', 'dav2-l',
     'dav2-metric-s', 'dav2-metric-b', 'dav2-metric-l',
     'dpt-hybrid', 'dpt-large',
+    'midas-dpt-large',
     'dav1', 'dav2', 'dav2-metric',
 )
 #: Values of ``load(backend=...)``.
@@ -40,7 +45,8 @@ def load(
     device: str = 'auto',
     precision: str = 'auto',
     backend: str = 'torch',
-    input_size: int = 518,
+    input_size: int | None = None,
+    max_depth: float | None = None,
 ) -> DepthModel:
     """Build a depth model by name and load its weights.
 
@@ -56,9 +62,16 @@ def load(
         precision: ``'auto'`` (fp16 on CUDA, fp32 on CPU), ``'fp32'`` or ``'fp16'``
             (CUDA only: fp16 on the CPU raises ``ConfigError``).
         backend: ``'torch'``, ``'onnxruntime'`` or ``'tensorrt'``.
-        input_size: short side of the network input in pixels (rounded to a multiple of
-            14; DPT: a square multiple of 32). Ignored by ``photometric`` (it works at its
-            own low resolution) and by ONNX/TensorRT files (the size is fixed at export).
+        input_size: target size of the network input in pixels, applied by the family's
+            official resize rule (Depth Anything: short side, multiple of 14; MiDaS: the
+            side nearest to it, multiples of 32; DPT folders: square). None: the official
+            size (518 Depth Anything, 384 MiDaS/DPT). Ignored by ``photometric`` (it works
+            at its own low resolution) and by ONNX/TensorRT files (fixed at export).
+        max_depth: metric Depth Anything models only: the largest depth (m) the
+            network outputs (its sigmoid head's scale: 20 for the official indoor
+            models, 80 for the outdoor ones). None: a Hugging Face folder's value, else
+            20 with a ``MaxDepthAssumedWarning``. An ONNX/TensorRT export has it baked
+            in: a different value raises ``ConfigError``.
 
     Returns:
         A ready (warmed-up) ``DepthModel``.
@@ -68,7 +81,7 @@ def load(
             format, or weights that do not fit the architecture (missing, unexpected or
             mis-shaped keys are listed, with the file name).
         BackendUnavailableError: the device or runtime asked for is not installed/present.
-        ConfigError: a bad option value (backend, precision, input_size).
+        ConfigError: a bad option value (backend, precision, input_size, max_depth).
     """
     if name not in MODEL_NAMES:
         raise ModelLoadError(
@@ -77,8 +90,9 @@ def load(
         raise ConfigError(f'Unknown backend {backend!r}; expected one of {BACKENDS}.')
     if precision not in PRECISIONS:
         raise ConfigError(f'Unknown precision {precision!r}; expected one of {PRECISIONS}.')
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 14:
-        raise ConfigError(f'input_size must be an integer >= 14, got {input_size!r}.')
+    if input_size is not None and (
+            isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 14):
+        raise ConfigError(f'input_size must be None or an integer >= 14, got {input_size!r}.')
     if name == 'photometric':
         return _load_photometric(checkpoint, device, precision, backend)
     if checkpoint is None:
@@ -88,21 +102,42 @@ def load(
     path = Path(checkpoint)
     if not path.exists():
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
-    if backend == 'onnxruntime':
-        from endo_depth_ros.models.onnx_runtime import OnnxDepthModel
-        return OnnxDepthModel(path, name=name, device=device, precision=precision)
-    if backend == 'tensorrt':
-        from endo_depth_ros.models.tensorrt import TensorRTDepthModel
-        return TensorRTDepthModel(path, name=name, device=device, precision=precision)
+    from endo_depth_ros.models.depth_anything import check_max_depth, parse_name
+
+    check_max_depth(name, parse_name(name).metric, max_depth)
+    if backend in ('onnxruntime', 'tensorrt'):
+        return _load_export(name, path, backend, device, precision, max_depth)
     from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
     from endo_depth_ros.models.preprocessing import resolve_device, resolve_precision
 
     # Refuse an unavailable device before reading (possibly large) weights.
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    network, output_kind = load_network(name, path)
+    network, output_kind = load_network(name, path, max_depth=max_depth)
     return TorchDepthModel(network, name=name, output_kind=output_kind, device=device,
                            precision=precision, input_size=input_size)
+
+
+def _load_export(
+    name: str, path: Path, backend: str, device: str, precision: str, max_depth: float | None,
+) -> DepthModel:
+    from endo_depth_ros.models.onnx_runtime import OnnxDepthModel, read_metadata
+
+    stored = read_metadata(path).get('max_depth')
+    exported = float(stored) if stored else None
+    if max_depth is not None and exported is not None and max_depth != exported:
+        raise ConfigError(
+            f'{path} was exported with max_depth {exported:g} m, not {max_depth:g}; '
+            're-export it with endo-depth-export --max-depth.')
+    model: DepthModel
+    if backend == 'onnxruntime':
+        model = OnnxDepthModel(path, name=name, device=device, precision=precision)
+    else:
+        from endo_depth_ros.models.tensorrt import TensorRTDepthModel
+        model = TensorRTDepthModel(path, name=name, device=device, precision=precision)
+    if model.output_kind == 'metric_depth':
+        model.max_depth = exported
+    return model
 
 
 def _load_photometric(

@@ -635,6 +635,7 @@ class DepthNode(Node):
             'model.device': model.device,
             'model.precision': model.precision,
             'model.output_kind': model.output_kind,
+            'model.max_depth_m': 'n/a' if model.max_depth is None else f'{model.max_depth:g}',
             'alignment.mode': self._pipeline.config.alignment.mode,
             'alignment.fallbacks': getattr(aligner_stats, 'fallbacks', 'n/a'),
             'alignment.resets': getattr(aligner_stats, 'resets', 'n/a'),
@@ -660,16 +661,18 @@ class DepthNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker (finishing its current frame) before the node goes."""
-        with self._lock:
-            self._stopping = True
-            self._lock.notify_all()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=0.2)
-            if self._worker.is_alive():
-                self.get_logger().info(
-                    'Shutting down: finishing the current frame (press Ctrl-C again to exit '
-                    'at once).')
-                self._worker.join(timeout=30.0)
+        # A node whose __init__ failed (e.g. the model did not load) has no worker yet.
+        if hasattr(self, '_worker'):
+            with self._lock:
+                self._stopping = True
+                self._lock.notify_all()
+            if self._worker is not None and self._worker is not threading.current_thread():
+                self._worker.join(timeout=0.2)
+                if self._worker.is_alive():
+                    self.get_logger().info(
+                        'Shutting down: finishing the current frame (press Ctrl-C again to '
+                        'exit at once).')
+                    self._worker.join(timeout=30.0)
         super().destroy_node()
 
 
