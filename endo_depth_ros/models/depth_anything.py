@@ -628,7 +628,9 @@ class TorchDepthModel(DepthModel):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.backend = 'torch'
-        self.net = DepthNet(network, input_size).to(self.device).eval()
+        # A network that already maps uint8 frames (FrameNetwork) is run as it is.
+        net: Any = network if hasattr(network, 'network_size') else DepthNet(network, input_size)
+        self.net = net.to(self.device).eval()
         self._last_size = self.net.network_size(input_size, input_size)
         if warmup:
             self.infer(np.zeros((input_size, input_size, 3), np.uint8))
