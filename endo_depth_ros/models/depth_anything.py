@@ -37,6 +37,7 @@ from torch import nn
 
 from endo_depth_ros.errors import ModelLoadError
 from endo_depth_ros.models.base import DepthModel, OutputKind
+from endo_depth_ros.models.dinov2 import use_official_position_embeddings
 from endo_depth_ros.models.preprocessing import DepthNet, resolve_device, resolve_precision
 
 
@@ -220,13 +221,15 @@ def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Modu
     """Instantiate the transformers model of ``config`` (random weights; ``'meta'``: none).
 
     On ``device='meta'`` nothing is allocated: use it to count parameters or as the
-    target of ``load_state_dict(..., assign=True)``.
+    target of ``load_state_dict(..., assign=True)``. Depth Anything networks resize
+    their position embeddings as the official code (``models.dinov2``).
     """
     from transformers import DepthAnythingForDepthEstimation, DPTForDepthEstimation
 
     cls = DPTForDepthEstimation if config.model_type == 'dpt' else DepthAnythingForDepthEstimation
     with torch.device(device):
         network = cls(config)
+    use_official_position_embeddings(network)
     return network.eval()
 
 
