@@ -10,7 +10,8 @@ EndoDAC fine-tunes Depth Anything (DINOv2 ViT-S/B + DPT head) with
 - a sigmoid disparity head whose upsampling doubles the fused map (instead of Depth
   Anything's resize to the patch grid x 14), so a 224x280 ViT input predicts 256x320.
 
-The rest is Depth Anything V2's architecture, so it is built on transformers'
+The rest is Depth Anything's architecture (the DPT head reads the last four ViT blocks,
+as in V1), so it is built on transformers'
 ``DepthAnythingForDepthEstimation`` (head: sigmoid x 1, upsampling to the grid x 16).
 
 Checkpoint: the trainer's ``depth_model.pth`` (a state dict with ``encoder.*`` DINOv2
@@ -172,8 +173,10 @@ def build_endodac(
     if train_size[0] % _OUTPUT_PATCH or train_size[1] % _OUTPUT_PATCH:
         raise ModelLoadError(f'EndoDAC training size must be multiples of 16, got {train_size}.')
     vit_size = (train_size[0] * _PATCH // _OUTPUT_PATCH, train_size[1] * _PATCH // _OUTPUT_PATCH)
+    # EndoDAC's head reads the last four ViT blocks (``get_intermediate_layers(x, 4)``),
+    # as Depth Anything V1 does, not V2's blocks 2, 5, 8, 11.
     config = depth_anything_config(
-        2, hidden_size=hidden_size, num_layers=num_layers, features=features,
+        1, hidden_size=hidden_size, num_layers=num_layers, features=features,
         out_channels=tuple(out_channels), num_heads=num_heads or _HEADS.get(hidden_size),
         image_size=image_size, head_hidden_size=head_hidden_size, metric=True, max_depth=1)
     network: Any = build_network(config, device=device)

@@ -115,8 +115,8 @@ class FrameNetwork(nn.Module):
         """Lanczos-resize ``(N, C, H, W)`` to ``(N, C, height, width)`` (PIL's taps)."""
         if (height, width) == tuple(x.shape[-2:]):
             return x
-        rows = self._matrix(x.shape[-2], height, x)
-        cols = self._matrix(x.shape[-1], width, x)
+        rows = self._matrix(int(x.shape[-2]), height, x)
+        cols = self._matrix(int(x.shape[-1]), width, x)
         return torch.matmul(torch.matmul(rows, x), cols.T)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
