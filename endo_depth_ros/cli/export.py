@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('name', help='model name: ' + ', '.join(
         n for n in MODEL_NAMES if n != 'photometric'))
     parser.add_argument('--checkpoint', type=Path, required=True,
-                        help='Hugging Face folder, official .pth or HF-layout weights file')
+                        help='Hugging Face folder, official .pth/.pth.tar, monodepth2 folder '
+                             '(encoder.pth + depth.pth) or HF-layout weights file')
     parser.add_argument('--height', type=int, required=True, help='image height (pixels)')
     parser.add_argument('--width', type=int, required=True, help='image width (pixels)')
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
     from endo_depth_ros.models.onnx_runtime import OnnxDepthModel, export_onnx
-    from endo_depth_ros.models.registry import MODEL_NAMES
+    from endo_depth_ros.models.registry import FAMILY_MODULES, MODEL_NAMES, load_family_network
 
     if args.name == 'photometric':
         raise ConfigError("'photometric' is an OpenCV model without a network to export.")
@@ -71,7 +72,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
                           f'{args.input_size}.')
-    network, output_kind = load_network(args.name, args.checkpoint)
+    network, output_kind = (
+        load_family_network(args.name, args.checkpoint, input_size=args.input_size)
+        if args.name in FAMILY_MODULES else load_network(args.name, args.checkpoint))
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
                             precision='fp32', input_size=args.input_size, warmup=False)
     path = export_onnx(model, args.out, args.height, args.width, opset=args.opset,
