@@ -143,13 +143,14 @@ def test_unexpected_and_missing_tensors_are_listed(official: dict[str, Any],
 def test_incomplete_adapter_is_refused(official: dict[str, Any], tmp_path: Path) -> None:
     broken = {k: v for k, v in official.items() if k != 'encoder.blocks.2.mlp.fc1.lora_B'}
     torch.save(broken, tmp_path / 'depth_model.pth')
-    with pytest.raises(ModelLoadError, match=r"incomplete adapter at 'encoder\.blocks\.2\.mlp\.fc1'"):
+    with pytest.raises(ModelLoadError,
+                       match=r"incomplete adapter at 'encoder\.blocks\.2\.mlp\.fc1'"):
         models.load('endodac', tmp_path / 'depth_model.pth', device='cpu')
 
 
 def test_depth_anything_checkpoint_is_not_endodac(tmp_path: Path) -> None:
     torch.save({'pretrained.cls_token': torch.zeros(1, 1, 64)}, tmp_path / 'dav2.pth')
-    with pytest.raises(ModelLoadError, match='is not an EndoDAC depth_model.pth'):
+    with pytest.raises(ModelLoadError, match=r'is not an EndoDAC depth_model\.pth'):
         models.load('endodac', tmp_path / 'dav2.pth', device='cpu')
 
 
