@@ -14,6 +14,7 @@ Names (``MODEL_NAMES``):
   ``depth.pth``) of nianticlabs/Endo-Depth-and-Motion resp. AF-SfMLearner (they differ in
   normalisation and depth range); ``sc-sfmlearner``: SC-SfMLearner/Endo-SfMLearner
   ``dispnet_*.pth.tar``. Relative disparity.
+- ``zoedepth``: ZoeDepth Hugging Face folders, metric depth in metres.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ MODEL_NAMES: tuple[str, ...] = (
     'dav2-metric-s', 'dav2-metric-b', 'dav2-metric-l',
     'dpt-hybrid', 'dpt-large',
     'dav1', 'dav2', 'dav2-metric',
-    'endodac', 'monodepth2', 'af-sfmlearner', 'sc-sfmlearner',
+    'endodac', 'monodepth2', 'af-sfmlearner', 'sc-sfmlearner', 'zoedepth',
 )
 #: Names served by a family module other than depth_anything.py: name -> module.
 FAMILY_MODULES: dict[str, str] = {
@@ -41,6 +42,7 @@ FAMILY_MODULES: dict[str, str] = {
     'monodepth2': 'endo_depth_ros.models.monodepth2',
     'af-sfmlearner': 'endo_depth_ros.models.monodepth2',
     'sc-sfmlearner': 'endo_depth_ros.models.monodepth2',
+    'zoedepth': 'endo_depth_ros.models.zoedepth',
 }
 #: Values of ``load(backend=...)``.
 BACKENDS: tuple[str, ...] = ('torch', 'onnxruntime', 'tensorrt')
