@@ -64,7 +64,8 @@ def test_folder_loads_offline_as_a_metric_model(folder: Path, network: torch.nn.
 
 
 def test_output_matches_the_processor_pipeline(folder: Path, network: torch.nn.Module) -> None:
-    pil_processor = pytest.importorskip('transformers.models.zoedepth.image_processing_pil_zoedepth')
+    pil_processor = pytest.importorskip(
+        'transformers.models.zoedepth.image_processing_pil_zoedepth')
     processor = pil_processor.ZoeDepthImageProcessorPil(
         size={'height': 64, 'width': 96}, ensure_multiple_of=32)
     model = models.load('zoedepth', folder, device='cpu')
