@@ -5,9 +5,14 @@ is the image size itself, ``input_size = min(H, W)``): the photometric prior,
 Depth Anything V2-S in PyTorch fp32, and the same network exported to ONNX and run
 by onnxruntime (CPU provider here). DAv2-S has random weights (none can be
 downloaded): timing does not depend on them. The onnxruntime row also reports its
-largest deviation from torch. ``--torch-models`` adds PyTorch rows of further
-networks (default: the original MiDaS v3 DPT-Large, ``midas-dpt-large``; the other
-Depth Anything names cost the same as their size's DAv2).
+largest deviation from torch. ``--torch-models`` adds PyTorch rows of further Depth
+Anything/DPT networks (default: the original MiDaS v3 DPT-Large, ``midas-dpt-large``;
+the other Depth Anything names cost the same as their size's DAv2). ``--families`` adds
+torch rows for the other network families (random weights written in each family's
+official checkpoint layout and read back by ``models.load``): monodepth2 (ResNet-18,
+trained at 256x320, so its network input is 256x320 at every image size), SC-SfMLearner
+(ResNet-18, short side = image short side rounded to 32) and EndoDAC (ViT-B, 256x320
+training size).
 
 Table 2 scores the photometric prior on synthetic sequences (``endo_depth_ros.synth``):
 Spearman rank correlation of the predicted and true depth, AbsRel and δ<1.25 after
@@ -47,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--torch-models', default='midas-dpt-large',
                         help='comma-separated network names also timed in PyTorch '
                              "(random weights; '' for none; default: %(default)s)")
+    parser.add_argument('--families', default='monodepth2,sc-sfmlearner,endodac',
+                        help='comma-separated extra network families to time in torch '
+                             '(monodepth2, af-sfmlearner, sc-sfmlearner, endodac; empty: '
+                             'none; default: %(default)s)')
     parser.add_argument('--accuracy-frames', type=int, default=24,
                         help='frames per synthetic sequence for the accuracy table '
                              '(0 skips it; default: %(default)s)')
@@ -59,7 +68,13 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f'--repeats must be >= 1, got {args.repeats}.')
     rows: list[dict[str, object]] = []
     photometric = models.load('photometric')
+    families = [] if args.skip_networks else [f for f in args.families.split(',') if f]
+    unknown = [f for f in families if f not in _FAMILY_CHECKPOINTS]
+    if unknown:
+        raise ConfigError(f'--families: unknown {", ".join(unknown)}; expected some of '
+                          f'{", ".join(_FAMILY_CHECKPOINTS)}.')
     rng = np.random.default_rng(0)
+    tmp = tempfile.TemporaryDirectory()
     for width, height in sizes:
         rgb = rng.integers(0, 256, (height, width, 3), np.uint8)
         ms = median_ms(partial(photometric.infer, rgb), repeats=max(30, args.repeats))
@@ -70,6 +85,11 @@ def run(args: argparse.Namespace) -> None:
                 model = random_weights_model(name.strip(), min(height, width))
                 ms = median_ms(partial(model.infer, rgb), repeats=args.repeats, warmup=1)
                 rows.append(_row(model, height, width, ms))
+        for family in families:
+            family_model = random_family_model(family, Path(tmp.name), min(height, width))
+            ms = median_ms(partial(family_model.infer, rgb), repeats=args.repeats, warmup=1)
+            rows.append(_row(family_model, height, width, ms))
+    tmp.cleanup()
     print_table('Depth models on this CPU (ms/frame, median)', rows)
     if args.accuracy_frames > 0:
         print_table('Photometric prior on synthetic sequences (per-frame median scaling)',
@@ -107,6 +127,56 @@ def _network_rows(rgb: np.ndarray, repeats: int) -> list[dict[str, object]]:
         _row(ort_model, height, width, ort_ms,
              **{'vs torch': ort_ms / torch_ms, 'max rel. diff': f'{deviation:.1e}'}),
     ]
+
+
+def _monodepth2_folder(folder: Path, variant: str) -> Path:
+    import torch
+
+    from endo_depth_ros.models import monodepth2
+
+    net = monodepth2.SelfSupervisedDepthNet(18, monodepth2.VARIANTS[variant])
+    encoder, depth = monodepth2.monodepth2_state_dicts(net, 256, 320)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(encoder, folder / 'encoder.pth')
+    torch.save(depth, folder / 'depth.pth')
+    return folder
+
+
+def _sc_sfmlearner_file(folder: Path) -> Path:
+    import torch
+
+    from endo_depth_ros.models import monodepth2
+
+    net = monodepth2.SelfSupervisedDepthNet(18, monodepth2.VARIANTS['sc-sfmlearner'])
+    path = folder / 'dispnet_model_best.pth.tar'
+    torch.save(monodepth2.sc_sfmlearner_checkpoint(net), path)
+    return path
+
+
+def _endodac_file(folder: Path) -> Path:
+    import torch
+
+    from endo_depth_ros.models import endodac
+
+    network = endodac.build_endodac(hidden_size=768, features=128,
+                                    out_channels=(96, 192, 384, 768))
+    path = folder / 'depth_model.pth'
+    torch.save(endodac.hf_to_official(network), path)
+    return path
+
+
+_FAMILY_CHECKPOINTS = {
+    'monodepth2': lambda folder: _monodepth2_folder(folder / 'monodepth2', 'monodepth2'),
+    'af-sfmlearner': lambda folder: _monodepth2_folder(folder / 'af', 'af-sfmlearner'),
+    'sc-sfmlearner': _sc_sfmlearner_file,
+    'endodac': _endodac_file,
+}
+
+
+def random_family_model(name: str, folder: Path, input_size: int) -> DepthModel:
+    """``name`` with random weights in its official layout under ``folder``, loaded (CPU)."""
+    path = _FAMILY_CHECKPOINTS[name](folder)
+    return models.load(name, path, device='cpu', precision='fp32', input_size=input_size)
 
 
 def photometric_accuracy(

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('name', help='model name: ' + ', '.join(
         n for n in MODEL_NAMES if n != 'photometric'))
     parser.add_argument('--checkpoint', type=Path, required=True,
-                        help='Hugging Face folder, official .pth or HF-layout weights file')
+                        help='Hugging Face folder, official .pth/.pth.tar, monodepth2 folder '
+                             '(encoder.pth + depth.pth) or HF-layout weights file')
     parser.add_argument('--height', type=int, required=True, help='image height (pixels)')
     parser.add_argument('--width', type=int, required=True, help='image width (pixels)')
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
     from endo_depth_ros.models.onnx_runtime import OnnxDepthModel, export_onnx
-    from endo_depth_ros.models.registry import MODEL_NAMES
+    from endo_depth_ros.models.registry import FAMILY_MODULES, MODEL_NAMES, load_family_network
 
     if args.name == 'photometric':
         raise ConfigError("'photometric' is an OpenCV model without a network to export.")
@@ -81,7 +82,15 @@ def _run(args: argparse.Namespace) -> int:
                           f'{args.input_size}.')
     check_image_size(args.width, args.height)
     prepare_file_output(args.out, overwrite=args.overwrite, inputs=[args.checkpoint])
-    network, output_kind = load_network(args.name, args.checkpoint, max_depth=args.max_depth)
+    if args.name in FAMILY_MODULES:
+        if args.max_depth is not None:
+            raise ConfigError(f'--max-depth applies to Depth Anything V2 metric models only, '
+                              f'not {args.name!r}.')
+        network, output_kind = load_family_network(args.name, args.checkpoint,
+                                                   input_size=args.input_size or None)
+    else:
+        network, output_kind = load_network(args.name, args.checkpoint,
+                                            max_depth=args.max_depth)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
                             precision='fp32', input_size=args.input_size or None,
                             warmup=False)

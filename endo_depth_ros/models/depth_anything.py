@@ -792,12 +792,19 @@ class TorchDepthModel(DepthModel):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.backend = 'torch'
+        if hasattr(network, 'network_size'):
+            # A network that already maps uint8 frames (FrameNetwork, ZoeDepth) runs as is.
+            net: Any = network
+            input_size = input_size or int(net.input_size)
+        else:
+            recipe = parse_name(name).recipe
+            input_size = input_size or recipe.native_size
+            net = DepthNet(network, input_size, recipe)
         if output_kind == 'metric_depth':
-            config: Any = network.config
-            self.max_depth = float(config.max_depth)
-        recipe = parse_name(name).recipe
-        input_size = input_size or recipe.native_size
-        self.net = DepthNet(network, input_size, recipe).to(self.device).eval()
+            config: Any = getattr(network, 'config', None)
+            self.max_depth = (float(config.max_depth) if getattr(config, 'max_depth', None)
+                              else None)
+        self.net = net.to(self.device).eval()
         self._last_size = self.net.network_size(input_size, input_size)
         if warmup:
             self.infer(np.zeros((input_size, input_size, 3), np.uint8))

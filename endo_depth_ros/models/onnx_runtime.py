@@ -137,7 +137,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def check_name(requested: str, exported: str, path: Path) -> None:
     """Refuse an export whose model family/kind/size contradicts the requested name."""
     from endo_depth_ros.models.depth_anything import parse_name
+    from endo_depth_ros.models.registry import FAMILY_MODULES
 
+    if requested in FAMILY_MODULES or exported in FAMILY_MODULES:
+        if requested != exported:  # these names carry no size to leave open
+            raise ModelLoadError(f'{path} was exported from {exported!r}, not {requested!r}.')
+        return
     want, have = parse_name(requested), parse_name(exported)
     if (want.family, want.metric) != (have.family, have.metric) or (
             want.size is not None and have.size is not None and want.size != have.size):

@@ -13,11 +13,19 @@ Names (``MODEL_NAMES``):
   original ``dpt_hybrid_384.pt`` is not converted (its HF folder loads as ``dpt-hybrid``).
 - ``dav1`` / ``dav2`` / ``dav2-metric``: like the sized names, with the ViT size
   read from the checkpoint's tensor shapes (any size, also non-standard ones).
+- ``endodac``: EndoDAC (``depth_model.pth``; adapters merged at load), relative disparity.
+- ``monodepth2`` / ``af-sfmlearner``: monodepth2-layout folders (``encoder.pth`` +
+  ``depth.pth``) of nianticlabs/Endo-Depth-and-Motion resp. AF-SfMLearner (they differ in
+  normalisation and depth range); ``sc-sfmlearner``: SC-SfMLearner/Endo-SfMLearner
+  ``dispnet_*.pth.tar``. Relative disparity.
+- ``zoedepth``: ZoeDepth Hugging Face folders, metric depth in metres.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 from endo_depth_ros.errors import BackendUnavailableError, ConfigError, ModelLoadError
 from endo_depth_ros.models.base import DepthModel
@@ -31,7 +39,16 @@ MODEL_NAMES: tuple[str, ...] = (
     'dpt-hybrid', 'dpt-large',
     'midas-dpt-large',
     'dav1', 'dav2', 'dav2-metric',
+    'endodac', 'monodepth2', 'af-sfmlearner', 'sc-sfmlearner', 'zoedepth',
 )
+#: Names served by a family module other than depth_anything.py: name -> module.
+FAMILY_MODULES: dict[str, str] = {
+    'endodac': 'endo_depth_ros.models.endodac',
+    'monodepth2': 'endo_depth_ros.models.monodepth2',
+    'af-sfmlearner': 'endo_depth_ros.models.monodepth2',
+    'sc-sfmlearner': 'endo_depth_ros.models.monodepth2',
+    'zoedepth': 'endo_depth_ros.models.zoedepth',
+}
 #: Values of ``load(backend=...)``.
 BACKENDS: tuple[str, ...] = ('torch', 'onnxruntime', 'tensorrt')
 #: Values of ``load(precision=...)``.
@@ -104,7 +121,12 @@ def load(
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
     from endo_depth_ros.models.depth_anything import check_max_depth, parse_name
 
-    check_max_depth(name, parse_name(name).metric, max_depth)
+    if name in FAMILY_MODULES:
+        if max_depth is not None:
+            raise ConfigError(f'max_depth applies to Depth Anything V2 metric models only, '
+                              f'not {name!r}.')
+    else:
+        check_max_depth(name, parse_name(name).metric, max_depth)
     if backend in ('onnxruntime', 'tensorrt'):
         return _load_export(name, path, backend, device, precision, max_depth)
     from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
@@ -113,7 +135,9 @@ def load(
     # Refuse an unavailable device before reading (possibly large) weights.
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    network, output_kind = load_network(name, path, max_depth=max_depth)
+    network, output_kind = (load_family_network(name, path, input_size=input_size)
+                            if name in FAMILY_MODULES
+                            else load_network(name, path, max_depth=max_depth))
     return TorchDepthModel(network, name=name, output_kind=output_kind, device=device,
                            precision=precision, input_size=input_size)
 
@@ -138,6 +162,17 @@ def _load_export(
     if model.output_kind == 'metric_depth':
         model.max_depth = exported
     return model
+
+
+def load_family_network(name: str, path: str | Path, *,
+                        input_size: int | None) -> tuple[Any, Any]:
+    """``(network, output_kind)`` of a ``FAMILY_MODULES`` name (its module's ``load_network``)."""
+    import importlib
+
+    module = importlib.import_module(FAMILY_MODULES[name])
+    if input_size and 'input_size' in inspect.signature(module.load_network).parameters:
+        return module.load_network(name, path, input_size=input_size)
+    return module.load_network(name, path)
 
 
 def _load_photometric(
