@@ -9,6 +9,11 @@ Names (``MODEL_NAMES``):
 - ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT, relative disparity.
 - ``dav1`` / ``dav2`` / ``dav2-metric``: like the sized names, with the ViT size
   read from the checkpoint's tensor shapes (any size, also non-standard ones).
+- ``vda-s|b|l``, ``vda-metric-s|b|l``: Video Depth Anything (relative disparity /
+  metres), a video model: ``infer`` streams, ``infer_video`` runs offline windows.
+- ``vda`` / ``vda-metric``: like the sized names, ViT size read from the checkpoint.
+- ``endodav``: EndoDAV (VDA fine-tuned with adapters, merged at load; size from the
+  checkpoint), a video model like VDA.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ MODEL_NAMES: tuple[str, ...] = (
     'dav2-metric-s', 'dav2-metric-b', 'dav2-metric-l',
     'dpt-hybrid', 'dpt-large',
     'dav1', 'dav2', 'dav2-metric',
+    'vda-s', 'vda-b', 'vda-l', 'vda-metric-s', 'vda-metric-b', 'vda-metric-l',
+    'vda', 'vda-metric', 'endodav',
 )
 #: Values of ``load(backend=...)``.
 BACKENDS: tuple[str, ...] = ('torch', 'onnxruntime', 'tensorrt')
@@ -88,12 +95,21 @@ def load(
     path = Path(checkpoint)
     if not path.exists():
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
+    from endo_depth_ros.models.video_depth_anything import is_video_name
+    if is_video_name(name) and backend != 'torch':
+        raise ConfigError(
+            f'Video model {name!r} runs with the torch backend only (its streaming cache '
+            'lives outside the exported graph); see the README, "Video models".')
     if backend == 'onnxruntime':
         from endo_depth_ros.models.onnx_runtime import OnnxDepthModel
         return OnnxDepthModel(path, name=name, device=device, precision=precision)
     if backend == 'tensorrt':
         from endo_depth_ros.models.tensorrt import TensorRTDepthModel
         return TensorRTDepthModel(path, name=name, device=device, precision=precision)
+    from endo_depth_ros.models.video_depth_anything import load_video_model
+    if is_video_name(name):
+        return load_video_model(name, path, device=device, precision=precision,
+                                input_size=input_size)
     from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
     from endo_depth_ros.models.preprocessing import resolve_device, resolve_precision
 
