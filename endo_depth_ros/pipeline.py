@@ -36,6 +36,8 @@ from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAlign
 
 #: Names of the per-stage timings in ``FrameResult.timings_ms``.
 STAGES = ('model', 'odometry', 'alignment', 'geometry')
+#: Values of ``ModelConfig.video_alignment``.
+VIDEO_ALIGNMENTS = ('scale', 'aligner')
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class ModelConfig:
         min_period_s: each inference takes at least this long (the pipeline sleeps the
             rest); 0 disables. Emulates a slower model (e.g. a large ViT on a small GPU)
             for overload tests and live evaluations.
+        video_alignment: video models (vda-*, endodav), which keep depth consistent
+            themselves: 'scale' applies only the metric-scale policy of the alignment
+            (the first frame's scale and shift carried unchanged, alignment mode none),
+            'aligner' runs alignment.mode as for per-frame models.
     """
 
     name: str = 'photometric'
@@ -61,10 +67,14 @@ class ModelConfig:
     precision: str = 'auto'
     input_size: int = 518
     min_period_s: float = 0.0
+    video_alignment: str = 'scale'
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError('model name must not be empty.')
+        if self.video_alignment not in VIDEO_ALIGNMENTS:
+            raise ConfigError(f'model video_alignment must be one of {VIDEO_ALIGNMENTS}, '
+                              f'got {self.video_alignment!r}.')
         if self.input_size < 14:
             raise ConfigError(f'model input_size must be at least 14, got {self.input_size}.')
         if not 0.0 <= self.min_period_s <= 60.0:
@@ -164,13 +174,14 @@ class Pipeline:
         """
         self.config = config if config is not None else PipelineConfig()
         self.model = model if model is not None else self.config.model.load()
-        self.aligner = TemporalAligner(self.config.alignment)
+        alignment = alignment_for_model(self.model, self.config)
+        self.aligner = TemporalAligner(alignment)
         self.odometry = VisualOdometry(self.config.odometry)
-        self._windowed = self.config.alignment.mode == 'window'
+        self._windowed = alignment.mode == 'window'
         # Window mode: a stream aligner gives each frame a depth on arrival (for odometry).
-        self._provisional = (TemporalAligner(replace(self.config.alignment, mode='stream',
-                                                     blend=0.0))
+        self._provisional = (TemporalAligner(replace(alignment, mode='stream', blend=0.0))
                              if self._windowed else None)
+        reset_model_stream(self.model)  # a new pipeline is a new stream
         self._in_flight: OrderedDict[int, _InFlight] = OrderedDict()
         self._next_index = 0
         self._last_stamp_ns: int | None = None
@@ -301,6 +312,7 @@ class Pipeline:
     # ------------------------------------------------------------------ internals
 
     def _restart(self) -> None:
+        reset_model_stream(self.model)
         self.aligner.reset()
         if self._provisional is not None:
             self._provisional.reset()
@@ -396,6 +408,33 @@ class Pipeline:
         limit = 2 * max(cfg.window, cfg.buffer_capacity)
         while len(self._in_flight) > limit:
             self._in_flight.popitem(last=False)
+
+
+def is_video_model(model: DepthModel) -> bool:
+    """Whether ``model`` keeps its own temporal state (``infer`` streams; ``reset()``)."""
+    return bool(getattr(model, 'is_video', False))
+
+
+def reset_model_stream(model: DepthModel) -> None:
+    """Clear a video model's cache (a new stream starts); no-op for per-frame models."""
+    if is_video_model(model):
+        getattr(model, 'reset')()
+
+
+def alignment_for_model(model: DepthModel, config: PipelineConfig) -> AlignmentConfig:
+    """The alignment the pipeline runs for ``model``.
+
+    A video model carries its own temporal state: its frames already share one scale
+    and shift (streaming attends to cached frames, the first one always among them), so
+    re-fitting every frame against earlier outputs would only add the fits' noise and
+    drift to a consistent sequence. With ``video_alignment='scale'`` (default) it gets
+    mode ``none``: the metric-scale policy (``scale_source``) fixes the first frame's
+    scale and shift and carries them unchanged. Measured on the synthetic flight: see the
+    README, "Video models".
+    """
+    if is_video_model(model) and config.model.video_alignment == 'scale':
+        return replace(config.alignment, mode='none')
+    return config.alignment
 
 
 def _ms_since(start: float) -> float:

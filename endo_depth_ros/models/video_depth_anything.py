@@ -673,6 +673,32 @@ def _architecture(state_dict: Mapping[str, torch.Tensor], path: Path) -> dict[st
     }
 
 
+#: Scaling ``lora_alpha / r`` of EndoDAV's adapter kinds (its constructor: alpha = 2r
+#: for LoRA and Dash, alpha = r for DV-LoRA); SSB has none.
+ENDODAV_SCALING = {'lora': 2.0, 'dv-lora': 1.0, 'dash': 2.0, 'ssb': 1.0}
+
+
+def merge_endodav(state_dict: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Fold EndoDAV's adapters (SSB, LoRA, DV-LoRA or Dash; ViT MLPs and optionally the
+    motion modules' feed-forward output) into plain weights: a VDA state dict.
+
+    Raises:
+        ModelLoadError: incomplete or mis-shaped adapters, or the multi-scale sigmoid
+            head variant (``disable_conv_head=False``), which the released models do not use.
+    """
+    from endo_depth_ros.models import adapters
+
+    if any(k.startswith('head.conv_depth_') for k in state_dict):
+        raise ModelLoadError(
+            f'{path} uses EndoDAV\'s multi-scale sigmoid head (trained without '
+            '--disable_conv_head), which is not supported; the released models use the VDA head.')
+    rules = (adapters.SSB,) if adapters.is_ssb(state_dict) else adapters.ENDODAV_RULES
+    kinds = adapters.find_adapters(state_dict, rules)
+    return adapters.merge_adapters(
+        state_dict, scaling=lambda prefix, rank: ENDODAV_SCALING.get(kinds[prefix], 1.0),
+        rules=rules, source=str(path))
+
+
 @dataclass(frozen=True)
 class VideoSpec:
     """What a video registry name asks for."""
@@ -722,8 +748,6 @@ def load_video_network(name: str, path: str | Path) -> VideoDepthNet:
         raise ModelLoadError(f'Checkpoint of {name!r} not found (or not a file): {path}')
     state_dict = da.read_state_dict(path)
     if spec.family == 'endodav':
-        from endo_depth_ros.models.adapters import merge_endodav
-
         state_dict = merge_endodav(state_dict, path)
     elif any('lora_' in k for k in state_dict):
         raise ModelLoadError(

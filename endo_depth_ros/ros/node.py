@@ -64,7 +64,13 @@ from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig
-from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
+from endo_depth_ros.pipeline import (
+    FrameResult,
+    ModelConfig,
+    Pipeline,
+    PipelineConfig,
+    is_video_model,
+)
 from endo_depth_ros.ros import conversions
 from endo_depth_ros.temporal import AlignmentConfig
 from endo_depth_ros.visualize import colorize_depth
@@ -300,7 +306,7 @@ class DepthNode(Node):
         self.get_logger().info(
             f'Ready: model {model_.name} ({model_.backend}, {model_.device}, '
             f'{model_.precision}, {model_.output_kind}), alignment '
-            f'{config.alignment.mode}, listening on {self._image_topic} + '
+            f'{self._pipeline.aligner.config.mode}, listening on {self._image_topic} + '
             f'{self._info_topic}.')
         self._worker: threading.Thread | None = None
         if start_worker:
@@ -669,7 +675,10 @@ class DepthNode(Node):
             'model.device': model.device,
             'model.precision': model.precision,
             'model.output_kind': model.output_kind,
-            'alignment.mode': self._pipeline.config.alignment.mode,
+            'alignment.mode': self._pipeline.aligner.config.mode,
+            # Video models: earlier frames in the streaming cache / most it holds.
+            **({'model.video_cache': '{}/{}'.format(*getattr(model, 'cache_fill'))}
+               if is_video_model(model) else {}),
             'alignment.fallbacks': getattr(aligner_stats, 'fallbacks', 'n/a'),
             'alignment.resets': getattr(aligner_stats, 'resets', 'n/a'),
             'odometry.state': estimate.state if estimate is not None else 'off',
