@@ -235,17 +235,21 @@ class Pipeline:
         """
         self._check_input(rgb, intrinsics, stamp_ns)
         timings: dict[str, float] = {}
+        new_camera = self._camera is not None and intrinsics != self._camera
+        if new_camera:
+            # A video model must not attend to the previous camera's frames.
+            reset_model_stream(self.model)
         start = time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
         self._pad_model_time(start)
         timings['model'] = _ms_since(start)
 
         results: list[FrameResult] = []
-        if self._camera is not None and intrinsics != self._camera:
+        if new_camera:
             # A new camera (resolution, zoom, calibration): earlier depths and poses no
             # longer relate to the new frames, so finish them and start a new stream.
             results.extend(self.flush())
-            self._restart()
+            self._restart(reset_model=False)
         self._camera = intrinsics
         self._last_stamp_ns = stamp_ns
         index = self._next_index
@@ -311,8 +315,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ internals
 
-    def _restart(self) -> None:
-        reset_model_stream(self.model)
+    def _restart(self, *, reset_model: bool = True) -> None:
+        if reset_model:
+            reset_model_stream(self.model)
         self.aligner.reset()
         if self._provisional is not None:
             self._provisional.reset()
@@ -417,8 +422,9 @@ def is_video_model(model: DepthModel) -> bool:
 
 def reset_model_stream(model: DepthModel) -> None:
     """Clear a video model's cache (a new stream starts); no-op for per-frame models."""
-    if is_video_model(model):
-        getattr(model, 'reset')()
+    reset = getattr(model, 'reset', None)
+    if is_video_model(model) and reset is not None:
+        reset()
 
 
 def alignment_for_model(model: DepthModel, config: PipelineConfig) -> AlignmentConfig:

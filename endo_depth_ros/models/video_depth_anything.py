@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional
 
 from endo_depth_ros.errors import ModelLoadError
 from endo_depth_ros.models import depth_anything as da
@@ -157,7 +157,7 @@ class TemporalAttention(nn.Module):
         q = self._split(self.to_q(sequence[:, sequence.shape[1] - frames:]))
         k = self._split(self.to_k(sequence))
         v = self._split(self.to_v(sequence))
-        out = F.scaled_dot_product_attention(q, k, v)  # (S, heads, T, C / heads)
+        out = functional.scaled_dot_product_attention(q, k, v)  # (S, heads, T, C / heads)
         out = out.transpose(1, 2).reshape(x.shape)
         return self.to_out[0](out)
 
@@ -174,7 +174,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        return value * functional.gelu(gate)
 
 
 class FeedForward(nn.Module):
@@ -182,7 +182,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
+        self.net = nn.ModuleList(
+            [GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
@@ -287,9 +288,14 @@ class VideoDepthNet(nn.Module):
         device: where to build (``'meta'``: allocate nothing).
     """
 
+    # transformers modules (DINOv2 backbone, reassemble/fusion neck, output head).
+    backbone: Any
+    neck: Any
+    head: Any
+
     def __init__(self, config: Any, *, device: str | torch.device = 'cpu') -> None:
         super().__init__()
-        base = da.build_network(config, device=device)
+        base: Any = da.build_network(config, device=device)
         self.config = config
         self.backbone = base.backbone
         self.neck = base.neck
@@ -415,14 +421,14 @@ class VideoFrameNet(nn.Module):
             scale = max(self.fixed_size[0] / height, self.fixed_size[1] / width)
             lower = _lower_bound_size(height, width, self.fixed_size, scale)
             if lower != (height, width):
-                x = F.interpolate(x, size=lower, mode='bicubic', align_corners=False)
+                x = functional.interpolate(x, size=lower, mode='bicubic', align_corners=False)
             if lower != self.fixed_size:
-                x = F.interpolate(x, size=self.fixed_size, mode='bilinear', align_corners=True)
+                x = functional.interpolate(x, size=self.fixed_size, mode='bilinear', align_corners=True)
         else:
             size = self.network_size(height, width)
             if size != (height, width):
                 # Bicubic without antialiasing, as the official cv2.INTER_CUBIC resize.
-                x = F.interpolate(x, size=size, mode='bicubic', align_corners=False)
+                x = functional.interpolate(x, size=size, mode='bicubic', align_corners=False)
         return (x - self.mean) / self.std
 
     def forward(
@@ -441,7 +447,7 @@ class VideoFrameNet(nn.Module):
         depth, states = self.network(self.preprocess(rgb), int(rgb.shape[0]), cache)
         depth = depth[:, None]
         if tuple(depth.shape[-2:]) != (height, width):
-            depth = F.interpolate(depth, size=(height, width), mode='bilinear', align_corners=True)
+            depth = functional.interpolate(depth, size=(height, width), mode='bilinear', align_corners=True)
         return depth[:, 0].float(), states
 
 
@@ -476,6 +482,7 @@ class StreamingCache:
     def __init__(self) -> None:
         self._storage: list[torch.Tensor] = []
         self._order: list[int] = []  # slot of each logical entry (the official list)
+        self._slot_frame: list[int] = []  # stream index of the frame held by each slot
         self._frames = 0
 
     @property
@@ -501,7 +508,12 @@ class StreamingCache:
         """Forget every frame (the storage is freed; the next frame starts a stream)."""
         self._storage = []
         self._order = []
+        self._slot_frame = []
         self._frames = 0
+
+    def context_frames(self) -> list[int]:
+        """Stream indices (0-based) of the ``WINDOW - 1`` entries the next step reads."""
+        return [self._slot_frame[slot] for slot in self._context_slots()] if self._order else []
 
     def context(self) -> list[torch.Tensor]:
         """The ``STATES_PER_FRAME`` tensors (S_i, WINDOW - 1, C_i) the next step reads."""
@@ -517,6 +529,7 @@ class StreamingCache:
         if not self._order:
             capacity = STREAM_GAP + 1
             self._storage = [s.new_empty((s.shape[0], capacity, s.shape[2])) for s in states]
+            self._slot_frame = [-1] * capacity
             self._write(0, states)
             self._order = [0] * WINDOW  # the first frame stands in for a whole window
         else:
@@ -538,6 +551,7 @@ class StreamingCache:
         return next(i for i in range(self._storage[0].shape[1]) if i not in used)
 
     def _write(self, slot: int, states: Sequence[torch.Tensor]) -> None:
+        self._slot_frame[slot] = self._frames
         for store, state in zip(self._storage, states, strict=True):
             if state.shape[0] != store.shape[0] or state.shape[2] != store.shape[2]:
                 raise ValueError(

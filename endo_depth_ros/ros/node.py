@@ -677,7 +677,7 @@ class DepthNode(Node):
             'model.output_kind': model.output_kind,
             'alignment.mode': self._pipeline.aligner.config.mode,
             # Video models: earlier frames in the streaming cache / most it holds.
-            **({'model.video_cache': '{}/{}'.format(*getattr(model, 'cache_fill'))}
+            **({'model.video_cache': '{}/{}'.format(*getattr(model, 'cache_fill', (0, 0)))}
                if is_video_model(model) else {}),
             'alignment.fallbacks': getattr(aligner_stats, 'fallbacks', 'n/a'),
             'alignment.resets': getattr(aligner_stats, 'resets', 'n/a'),
