@@ -423,7 +423,8 @@ class VideoFrameNet(nn.Module):
             if lower != (height, width):
                 x = functional.interpolate(x, size=lower, mode='bicubic', align_corners=False)
             if lower != self.fixed_size:
-                x = functional.interpolate(x, size=self.fixed_size, mode='bilinear', align_corners=True)
+                x = functional.interpolate(
+                    x, size=self.fixed_size, mode='bilinear', align_corners=True)
         else:
             size = self.network_size(height, width)
             if size != (height, width):
@@ -447,7 +448,8 @@ class VideoFrameNet(nn.Module):
         depth, states = self.network(self.preprocess(rgb), int(rgb.shape[0]), cache)
         depth = depth[:, None]
         if tuple(depth.shape[-2:]) != (height, width):
-            depth = functional.interpolate(depth, size=(height, width), mode='bilinear', align_corners=True)
+            depth = functional.interpolate(
+                depth, size=(height, width), mode='bilinear', align_corners=True)
         return depth[:, 0].float(), states
 
 
