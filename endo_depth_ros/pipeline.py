@@ -51,6 +51,9 @@ class ModelConfig:
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
         precision: ``'auto'``, ``'fp32'``, ``'fp16'``.
         input_size: network input short side (pixels), a multiple of 14 for ViTs.
+        max_depth_m: metric Depth Anything models: the largest depth (m) the network
+            outputs (20 indoor/Hypersim, 80 outdoor/VKITTI); 0 takes the checkpoint's
+            value (Hugging Face folder, ONNX export), else 20 with a warning.
         min_period_s: each inference takes at least this long (the pipeline sleeps the
             rest); 0 disables. Emulates a slower model (e.g. a large ViT on a small GPU)
             for overload tests and live evaluations.
@@ -66,6 +69,7 @@ class ModelConfig:
     device: str = 'auto'
     precision: str = 'auto'
     input_size: int = 518
+    max_depth_m: float = 0.0
     min_period_s: float = 0.0
     video_alignment: str = 'scale'
 
@@ -77,6 +81,9 @@ class ModelConfig:
                               f'got {self.video_alignment!r}.')
         if self.input_size < 14:
             raise ConfigError(f'model input_size must be at least 14, got {self.input_size}.')
+        if not 0.0 <= self.max_depth_m <= 1000.0:
+            raise ConfigError(
+                f'model max_depth_m must be in [0, 1000] metres, got {self.max_depth_m}.')
         if not 0.0 <= self.min_period_s <= 60.0:
             raise ConfigError(
                 f'model min_period_s must be in [0, 60] seconds, got {self.min_period_s}.')
@@ -85,7 +92,8 @@ class ModelConfig:
         """Build the model (raises ``ModelLoadError`` / ``BackendUnavailableError``)."""
         return models.load(
             self.name, self.checkpoint or None, device=self.device, precision=self.precision,
-            backend=self.backend, input_size=self.input_size)
+            backend=self.backend, input_size=self.input_size,
+            max_depth=self.max_depth_m or None)
 
 
 @dataclass(frozen=True)

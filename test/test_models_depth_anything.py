@@ -198,7 +198,7 @@ def test_sized_name_rejects_a_checkpoint_of_another_size(official_pth: Path) -> 
 def test_text_file_is_not_a_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / 'notes.pth'
     path.write_text('not a checkpoint')
-    with pytest.raises(ModelLoadError, match=r'notes\.pth is not a readable'):
+    with pytest.raises(ModelLoadError, match=r'notes\.pth is not a PyTorch/safetensors checkpoint'):
         models.load('dav2-s', path)
 
 

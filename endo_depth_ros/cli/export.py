@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
     parser.add_argument('--input-size', type=int, default=518,
                         help='short side of the network input (default 518)')
+    parser.add_argument('--max-depth', type=float, default=None,
+                        help='metric models: largest output depth in metres (20 indoor, '
+                             '80 outdoor official models); default: the checkpoint\'s, '
+                             'else 20 with a warning')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset (default {DEFAULT_OPSET})')
     parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32',
@@ -71,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
                           f'{args.input_size}.')
-    network, output_kind = load_network(args.name, args.checkpoint)
+    network, output_kind = load_network(args.name, args.checkpoint, max_depth=args.max_depth)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
                             precision='fp32', input_size=args.input_size, warmup=False)
     path = export_onnx(model, args.out, args.height, args.width, opset=args.opset,
@@ -79,7 +83,8 @@ def _run(args: argparse.Namespace) -> int:
     net_h, net_w = model.network_size(args.height, args.width)
     print(f'{PROG}: wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {args.name}, '
           f'{args.height}x{args.width} images, network input {net_h}x{net_w}, '
-          f'opset {args.opset}, {args.precision}')
+          f'opset {args.opset}, {args.precision}'
+          + ('' if model.max_depth is None else f', max_depth {model.max_depth:g} m'))
     if not args.no_verify:
         rgb = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), np.uint8)
         reference = model.infer(rgb)

@@ -34,6 +34,8 @@ class DepthModel(abc.ABC):
         device: where the computation runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
         precision: ``'fp32'`` or ``'fp16'``.
         backend: ``'torch'``, ``'onnxruntime'``, ``'tensorrt'`` or ``'opencv'``.
+        max_depth: metric networks with a bounded head: the largest depth (m) they can
+            output (the scale of Depth Anything's sigmoid head); None otherwise.
     """
 
     name: str
@@ -41,6 +43,7 @@ class DepthModel(abc.ABC):
     device: str
     precision: str
     backend: str
+    max_depth: float | None = None
 
     @property
     @abc.abstractmethod

@@ -12,7 +12,11 @@ vitl (``l``)  1024    24      16     256       256, 512, 1024, 1024       4, 11,
 ============  ======  ======  =====  ========  =========================  ===============
 
 V1 feeds the DPT head with the last four blocks. The metric V2 heads end in a
-sigmoid scaled by ``max_depth`` (20 m for the official Hypersim models).
+sigmoid scaled by ``max_depth``: the largest depth (metres) the network can output.
+The official metric models use 20 m (indoor, Hypersim) and 80 m (outdoor, VKITTI);
+a ``.pth`` does not store it, a Hugging Face folder does (``config.json``). Pass it
+with ``load(..., max_depth=...)``; when it is neither given nor stored, 20 m is
+assumed with a ``MaxDepthAssumedWarning``.
 
 Weights come from a Hugging Face folder (``config.json`` + safetensors), an official
 Depth Anything ``.pth`` state dict (converted by ``official_to_hf``), or a single
@@ -26,17 +30,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 import json
 from pathlib import Path
-import pickle
 import re
 from typing import Any
-import zipfile
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from endo_depth_ros.errors import ModelLoadError
+from endo_depth_ros.errors import ConfigError, ModelLoadError
 from endo_depth_ros.models.base import DepthModel, OutputKind
+from endo_depth_ros.models.dinov2 import use_official_position_embeddings
 from endo_depth_ros.models.preprocessing import DepthNet, resolve_device, resolve_precision
 
 
@@ -57,8 +61,15 @@ VIT_SIZES: dict[str, VitSize] = {
     'b': VitSize(768, 12, 12, 128, (96, 192, 384, 768), (2, 5, 8, 11)),
     'l': VitSize(1024, 24, 16, 256, (256, 512, 1024, 1024), (4, 11, 17, 23)),
 }
-#: ``max_depth`` of the official metric V2 checkpoints trained on Hypersim (indoor).
+#: ``max_depth`` (m) assumed for a metric checkpoint that does not store it: the value
+#: of the official indoor (Hypersim) metric V2 models; the outdoor (VKITTI) ones use 80.
 DEFAULT_MAX_DEPTH = 20
+#: Largest accepted ``max_depth`` (m): far beyond any endoscope, catches unit mistakes.
+MAX_DEPTH_LIMIT = 1000.0
+
+
+class MaxDepthAssumedWarning(UserWarning):
+    """A metric checkpoint did not say its ``max_depth``; the default was assumed."""
 _PATCH = 14
 
 
@@ -220,13 +231,15 @@ def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Modu
     """Instantiate the transformers model of ``config`` (random weights; ``'meta'``: none).
 
     On ``device='meta'`` nothing is allocated: use it to count parameters or as the
-    target of ``load_state_dict(..., assign=True)``.
+    target of ``load_state_dict(..., assign=True)``. Depth Anything networks resize
+    their position embeddings as the official code (``models.dinov2``).
     """
     from transformers import DepthAnythingForDepthEstimation, DPTForDepthEstimation
 
     cls = DPTForDepthEstimation if config.model_type == 'dpt' else DepthAnythingForDepthEstimation
     with torch.device(device):
         network = cls(config)
+    use_official_position_embeddings(network)
     return network.eval()
 
 
@@ -351,26 +364,35 @@ def _rename_legacy_hf(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 # ------------------------------------------------------------------------- loading
 
 
-def load_network(name: str, path: str | Path) -> tuple[nn.Module, OutputKind]:
+def load_network(
+    name: str, path: str | Path, *, max_depth: float | None = None,
+) -> tuple[nn.Module, OutputKind]:
     """Build the network of ``name`` and load the weights at ``path`` strictly.
 
     Args:
         name: a Depth Anything / DPT registry name.
         path: Hugging Face folder, official ``.pth``, or single HF-layout file.
+        max_depth: metric models only: largest output depth (m), the scale of the
+            sigmoid head. None: the folder's ``config.json`` value, else
+            ``DEFAULT_MAX_DEPTH`` with a ``MaxDepthAssumedWarning``.
 
     Returns:
-        The network (CPU, fp32, eval mode) and its output kind.
+        The network (CPU, fp32, eval mode; ``network.config.max_depth`` holds the
+        metric scale) and its output kind.
 
     Raises:
         ModelLoadError: missing/unreadable file, unknown layout, architecture or keys
             not matching (the message names the file and lists the offending keys).
+        ConfigError: ``max_depth`` out of (0, ``MAX_DEPTH_LIMIT``] or given for a
+            relative model.
     """
     spec = parse_name(name)
     path = Path(path)
+    check_max_depth(name, spec.metric, max_depth)
     if path.is_dir():
         config, state_dict = _read_folder(path)
         _check_folder_config(spec, name, config, path)
-        layout = 'hf'
+        layout = 'folder'
     elif path.is_file():
         state_dict = read_state_dict(path)
         layout = _detect_layout(state_dict, path)
@@ -380,6 +402,10 @@ def load_network(name: str, path: str | Path) -> tuple[nn.Module, OutputKind]:
     if (config.model_type == 'dpt') != (spec.family == 'dpt'):
         raise ModelLoadError(
             f'{path} holds a {config.model_type} model, which does not fit name {name!r}.')
+    if _is_metric(config):
+        # Only a folder's config.json stores max_depth; a state dict never does.
+        stored = config.max_depth if layout == 'folder' else None
+        set_max_depth(config, _metric_scale(name, path, max_depth, stored))
     network = build_network(config, device='meta')
     expected = {k: v.shape for k, v in network.state_dict().items()}
     if layout == 'official':
@@ -395,6 +421,51 @@ def load_network(name: str, path: str | Path) -> tuple[nn.Module, OutputKind]:
     return network, 'metric_depth' if _is_metric(config) else 'relative_disparity'
 
 
+def check_max_depth(name: str, metric: bool, max_depth: float | None) -> None:
+    """Refuse a ``max_depth`` for a relative model or outside (0, ``MAX_DEPTH_LIMIT``] m.
+
+    Raises:
+        ConfigError: naming the value.
+    """
+    if max_depth is None:
+        return
+    if not metric:
+        raise ConfigError(
+            f'max_depth applies to metric models only; {name!r} outputs relative disparity.')
+    if isinstance(max_depth, bool) or not 0 < max_depth <= MAX_DEPTH_LIMIT:
+        raise ConfigError(
+            f'max_depth must be in (0, {MAX_DEPTH_LIMIT:g}] metres, got {max_depth!r}.')
+
+
+def set_max_depth(config: Any, max_depth: float | None) -> None:
+    """Set a ``DepthAnythingConfig``'s ``max_depth`` (m), fractional values included.
+
+    transformers types the field ``int`` and validates assignments, but the head only
+    multiplies by it and endoscope scenes need fractions of a metre, so the value is
+    stored without that check (``save_pretrained`` writes it to ``config.json`` as is).
+    """
+    value = None if max_depth is None else float(max_depth)
+    if value is not None and value.is_integer():
+        value = int(value)
+    object.__setattr__(config, 'max_depth', value)
+
+
+def _metric_scale(
+    name: str, path: Path, requested: float | None, stored: float | None,
+) -> float:
+    """The ``max_depth`` (m) of a metric network: asked for, stored, or assumed."""
+    if requested is not None:
+        return float(requested)
+    if stored is not None:
+        return float(stored)
+    warnings.warn(
+        f'{path} does not store the max_depth of metric model {name!r}; assuming '
+        f'{DEFAULT_MAX_DEPTH} m (official indoor/Hypersim models; outdoor/VKITTI ones use '
+        '80). Set it explicitly: load(max_depth=...), model.max_depth_m, --max-depth.',
+        MaxDepthAssumedWarning, stacklevel=3)
+    return float(DEFAULT_MAX_DEPTH)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a ``.pth``/``.pt``/``.bin`` (weights only) or ``.safetensors`` state dict.
 
@@ -402,28 +473,59 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ``module.`` prefix.
 
     Raises:
-        ModelLoadError: unreadable file or not a mapping of names to tensors.
+        ModelLoadError: one line naming the file: not a regular file, unreadable (any
+            bytes that are not a weights-only pickle, zip or safetensors: text, random
+            bytes, a pickled module, truncated or empty files, ONNX), or not a mapping
+            of names to tensors.
     """
+    if not path.is_file():
+        kind = 'a directory' if path.is_dir() else 'not a regular file'
+        raise ModelLoadError(f'{path} is not a PyTorch/safetensors checkpoint ({kind}).')
     try:
+        if path.stat().st_size == 0:
+            raise EOFError('the file is empty')
         if path.suffix == '.safetensors':
             from safetensors.torch import load_file
             loaded: Any = load_file(str(path))
         else:
             loaded = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
-            zipfile.BadZipFile, KeyError) as err:
+    except Exception as err:  # unpicklers raise any exception type on foreign bytes
+        hint = " (an ONNX file: use backend 'onnxruntime')" if path.suffix == '.onnx' else ''
         raise ModelLoadError(
-            f'{path} is not a readable PyTorch/safetensors checkpoint '
-            f'({type(err).__name__}: {err}).') from err
+            f'{path} is not a PyTorch/safetensors checkpoint{hint}: {first_line(err)}') from None
     for wrapper in ('model', 'state_dict'):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
     if not isinstance(loaded, dict) or not loaded or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
-        raise ModelLoadError(f'{path} does not contain a state dict (names -> tensors).')
+        raise ModelLoadError(
+            f'{path} is not a PyTorch/safetensors checkpoint: it holds a '
+            f'{type(loaded).__name__}, not a state dict (names -> tensors).')
     if all(k.startswith('module.') for k in loaded):
         loaded = {k[len('module.'):]: v for k, v in loaded.items()}
     return loaded
+
+
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+#: Longest cause quoted in a loading error (characters).
+_CAUSE_CHARS = 160
+
+
+def first_line(err: BaseException) -> str:
+    """``'Type: first line of the message'``, without colour codes, at most ~160 chars.
+
+    torch's weights-only unpickler wraps the actual cause in a paragraph of advice;
+    only the cause (``Unsupported operand 220``, ``Unsupported global: ...``) is kept.
+    """
+    text = _ANSI.sub('', str(err)).strip()
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+        text = text.split('. ', 1)[0].split(' was not an allowed global', 1)[0]
+    line = text.splitlines()[0].strip() if text else ''
+    if len(line) > _CAUSE_CHARS:
+        line = line[:_CAUSE_CHARS].rstrip() + '...'
+    return f'{type(err).__name__}: {line}' if line else type(err).__name__
 
 
 def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -433,7 +535,9 @@ def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 
     config_file = path / 'config.json'
     if not config_file.is_file():
-        raise ModelLoadError(f'{path} is a folder without config.json (not a Hugging Face model).')
+        raise ModelLoadError(
+            f'{path} is not a PyTorch/safetensors checkpoint (a directory without '
+            'config.json, so not a Hugging Face model folder either).')
     try:
         raw = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -442,14 +546,23 @@ def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     if model_type not in ('depth_anything', 'dpt'):
         raise ModelLoadError(
             f"{config_file} has model_type {model_type!r}; expected 'depth_anything' or 'dpt'.")
-    if model_type == 'depth_anything' and raw.get('max_depth') is None:
-        # Older relative checkpoints store null; the head multiplies by it.
-        raw['max_depth'] = DEFAULT_MAX_DEPTH if raw.get('depth_estimation_type') == 'metric' else 1
+    if model_type == 'depth_anything':
+        # Older relative checkpoints store null (the head multiplies by it); a metric
+        # config without it must not get transformers' default of 1 m.
+        metric = raw.get('depth_estimation_type') == 'metric'
+        stored_max_depth = raw.pop('max_depth', None) if metric else 1
+        raw['max_depth'] = 1
     cls = DPTConfig if model_type == 'dpt' else DepthAnythingConfig
     try:
         config = cls.from_dict(raw)
     except (TypeError, ValueError, KeyError, StrictDataclassError) as err:
         raise ModelLoadError(f'{config_file} is not a valid {model_type} config: {err}') from err
+    if model_type == 'depth_anything':
+        if stored_max_depth is not None and not (
+                isinstance(stored_max_depth, (int, float)) and stored_max_depth > 0):
+            raise ModelLoadError(
+                f'{config_file} has max_depth {stored_max_depth!r}; expected metres > 0.')
+        set_max_depth(config, stored_max_depth)
     index = path / 'model.safetensors.index.json'
     if (path / 'model.safetensors').is_file():
         state_dict = read_state_dict(path / 'model.safetensors')
@@ -628,6 +741,9 @@ class TorchDepthModel(DepthModel):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.backend = 'torch'
+        if output_kind == 'metric_depth':
+            config: Any = network.config
+            self.max_depth = float(config.max_depth)
         self.net = DepthNet(network, input_size).to(self.device).eval()
         self._last_size = self.net.network_size(input_size, input_size)
         if warmup:

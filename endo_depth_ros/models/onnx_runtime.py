@@ -98,6 +98,8 @@ def export_onnx(
         'input_size': net.input_size, 'dynamic_batch': int(dynamic_batch),
         'precision': precision,
     }
+    if model.max_depth is not None:
+        metadata['max_depth'] = model.max_depth
     for key, value in metadata.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = _META_PREFIX + key, str(value)

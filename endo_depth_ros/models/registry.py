@@ -48,6 +48,7 @@ def load(
     precision: str = 'auto',
     backend: str = 'torch',
     input_size: int = 518,
+    max_depth: float | None = None,
 ) -> DepthModel:
     """Build a depth model by name and load its weights.
 
@@ -66,6 +67,11 @@ def load(
         input_size: short side of the network input in pixels (rounded to a multiple of
             14; DPT: a square multiple of 32). Ignored by ``photometric`` (it works at its
             own low resolution) and by ONNX/TensorRT files (the size is fixed at export).
+        max_depth: metric Depth Anything models only: the largest depth (m) the
+            network outputs (its sigmoid head's scale: 20 for the official indoor
+            models, 80 for the outdoor ones). None: a Hugging Face folder's value, else
+            20 with a ``MaxDepthAssumedWarning``. An ONNX/TensorRT export has it baked
+            in: a different value raises ``ConfigError``.
 
     Returns:
         A ready (warmed-up) ``DepthModel``.
@@ -75,7 +81,7 @@ def load(
             format, or weights that do not fit the architecture (missing, unexpected or
             mis-shaped keys are listed, with the file name).
         BackendUnavailableError: the device or runtime asked for is not installed/present.
-        ConfigError: a bad option value (backend, precision, input_size).
+        ConfigError: a bad option value (backend, precision, input_size, max_depth).
     """
     if name not in MODEL_NAMES:
         raise ModelLoadError(
@@ -95,30 +101,54 @@ def load(
     path = Path(checkpoint)
     if not path.exists():
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
-    from endo_depth_ros.models.video_depth_anything import is_video_name
-    if is_video_name(name) and backend != 'torch':
-        raise ConfigError(
-            f'Video model {name!r} runs with the torch backend only (its streaming cache '
-            'lives outside the exported graph); see the README, "Video models".')
-    if backend == 'onnxruntime':
-        from endo_depth_ros.models.onnx_runtime import OnnxDepthModel
-        return OnnxDepthModel(path, name=name, device=device, precision=precision)
-    if backend == 'tensorrt':
-        from endo_depth_ros.models.tensorrt import TensorRTDepthModel
-        return TensorRTDepthModel(path, name=name, device=device, precision=precision)
-    from endo_depth_ros.models.video_depth_anything import load_video_model
+    from endo_depth_ros.models.video_depth_anything import is_video_name, load_video_model
     if is_video_name(name):
+        if backend != 'torch':
+            raise ConfigError(
+                f'Video model {name!r} runs with the torch backend only (its streaming cache '
+                'lives outside the exported graph); see the README, "Video models".')
+        if max_depth is not None:
+            raise ConfigError(
+                f'max_depth does not apply to {name!r}: Video Depth Anything heads are '
+                'unbounded (metric models output metres directly).')
         return load_video_model(name, path, device=device, precision=precision,
                                 input_size=input_size)
+    from endo_depth_ros.models.depth_anything import check_max_depth, parse_name
+
+    check_max_depth(name, parse_name(name).metric, max_depth)
+    if backend in ('onnxruntime', 'tensorrt'):
+        return _load_export(name, path, backend, device, precision, max_depth)
     from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
     from endo_depth_ros.models.preprocessing import resolve_device, resolve_precision
 
     # Refuse an unavailable device before reading (possibly large) weights.
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    network, output_kind = load_network(name, path)
+    network, output_kind = load_network(name, path, max_depth=max_depth)
     return TorchDepthModel(network, name=name, output_kind=output_kind, device=device,
                            precision=precision, input_size=input_size)
+
+
+def _load_export(
+    name: str, path: Path, backend: str, device: str, precision: str, max_depth: float | None,
+) -> DepthModel:
+    from endo_depth_ros.models.onnx_runtime import OnnxDepthModel, read_metadata
+
+    stored = read_metadata(path).get('max_depth')
+    exported = float(stored) if stored else None
+    if max_depth is not None and exported is not None and max_depth != exported:
+        raise ConfigError(
+            f'{path} was exported with max_depth {exported:g} m, not {max_depth:g}; '
+            're-export it with endo-depth-export --max-depth.')
+    model: DepthModel
+    if backend == 'onnxruntime':
+        model = OnnxDepthModel(path, name=name, device=device, precision=precision)
+    else:
+        from endo_depth_ros.models.tensorrt import TensorRTDepthModel
+        model = TensorRTDepthModel(path, name=name, device=device, precision=precision)
+    if model.output_kind == 'metric_depth':
+        model.max_depth = exported
+    return model
 
 
 def _load_photometric(

@@ -675,6 +675,7 @@ class DepthNode(Node):
             'model.device': model.device,
             'model.precision': model.precision,
             'model.output_kind': model.output_kind,
+            'model.max_depth_m': 'n/a' if model.max_depth is None else f'{model.max_depth:g}',
             'alignment.mode': self._pipeline.aligner.config.mode,
             # Video models: earlier frames in the streaming cache / most it holds.
             **({'model.video_cache': '{}/{}'.format(*getattr(model, 'cache_fill', (0, 0)))}
@@ -711,11 +712,13 @@ class DepthNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker (finishing its current frame) before the node goes."""
-        with self._lock:
-            self._stopping = True
-            self._lock.notify_all()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=30.0)
+        # A node whose __init__ failed (e.g. the model did not load) has no worker yet.
+        if hasattr(self, '_worker'):
+            with self._lock:
+                self._stopping = True
+                self._lock.notify_all()
+            if self._worker is not None and self._worker is not threading.current_thread():
+                self._worker.join(timeout=30.0)
         super().destroy_node()
 
 
