@@ -441,8 +441,11 @@ def _window_depth(path: str | Path, topics: bags.BagTopics, model: DepthModel,
     if not images:
         raise BagError(f'{path}: no frames in the selected range (start={config.start}, '
                        f'frames={config.frames}, stride={config.stride}).')
+    infer_video = getattr(model, 'infer_video', None)
+    if infer_video is None:
+        raise ConfigError(f'{model.name} is not a video model: it has no window mode.')
     start = time.perf_counter()
-    depth = model.infer_video(np.stack(images))
+    depth = infer_video(np.stack(images))
     return depth, _ms(start) / len(images)
 
 

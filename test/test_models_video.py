@@ -352,3 +352,13 @@ def test_tiny_config_is_a_depth_anything_v2_config() -> None:
     config = vda.tiny_video_config()
     assert config.neck_hidden_sizes == [16, 32, 32, 64]
     assert da.intermediate_layers(2, 64, 4) == [0, 1, 2, 3]
+
+
+def test_bench_rows_time_streaming_and_windows_against_dav2_s() -> None:
+    from endo_depth_ros.bench.models import video_model_rows
+
+    rows = video_model_rows(frames(1, SIZE, 36)[0], repeats=1, clip_frames=3)
+    assert [(r['model'], r['mode']) for r in rows] == [
+        ('dav2-s', 'per frame'), ('vda-s', 'stream'), ('vda-s', 'window (3 frames)')]
+    assert rows[0]['vs dav2-s'] == 1.0
+    assert all(float(str(r['ms/frame'])) > 0 for r in rows)

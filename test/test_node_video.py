@@ -45,7 +45,7 @@ def test_node_streams_a_video_model_and_reports_its_cache(tmp_path: Path) -> Non
             depths.append(player.wait_depth(stamp))
         values = player.diagnostic_values(
             lambda v: int(v['frames_published']) > len(frames))
-        node.assert_clean_exit()
+        node.assert_clean_exit(timeout=MODEL_START_S)  # torch tears down slowly when loaded
 
     for msg in depths:
         assert (msg.encoding, msg.width, msg.height) == ('32FC1', WIDTH, HEIGHT)
