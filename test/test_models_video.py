@@ -111,11 +111,13 @@ def test_bad_checkpoints_are_refused_naming_the_problem(
         vda.load_video_network('vda', path)
 
 
-def test_sized_names_check_the_vit_size_and_video_models_run_on_torch_only(
+def test_sized_names_check_the_vit_size_and_backends_are_checked(
         checkpoint: Path) -> None:
     with pytest.raises(ModelLoadError, match='not the vits'):
         models.load('vda-s', checkpoint, device='cpu')
-    with pytest.raises(ConfigError, match='torch backend only'):
+    with pytest.raises(ConfigError, match='torch or onnxruntime'):
+        models.load('vda', checkpoint, backend='tensorrt')
+    with pytest.raises(ModelLoadError, match='not a readable ONNX model'):
         models.load('vda', checkpoint, backend='onnxruntime')
     for name in ('vda-s', 'vda-metric-l', 'vda', 'endodav'):
         assert name in models.MODEL_NAMES and vda.is_video_name(name)
@@ -362,3 +364,25 @@ def test_bench_rows_time_streaming_and_windows_against_dav2_s() -> None:
         ('dav2-s', 'per frame'), ('vda-s', 'stream'), ('vda-s', 'window (3 frames)')]
     assert rows[0]['vs dav2-s'] == 1.0
     assert all(float(str(r['ms/frame'])) > 0 for r in rows)
+
+
+def test_onnx_streaming_step_matches_torch_over_a_stream(
+        model: vda.VideoDepthModel, tmp_path: Path) -> None:
+    from endo_depth_ros.errors import BadInputError
+
+    path = vda.export_video_onnx(model, tmp_path / 'vda_step.onnx', SIZE, 42)
+    exported = models.load('vda', path, backend='onnxruntime', device='cpu')
+    assert isinstance(exported, vda.OnnxVideoDepthModel)
+    model.reset()
+    for step, image in enumerate(frames(40, SIZE, 42, seed=5)):
+        reference = model.infer(image)
+        got = exported.infer(image)
+        # Relative L2, as parity is measured (the random tiny net's outputs reach 1e3).
+        assert float(np.linalg.norm(got - reference) / np.linalg.norm(reference)) <= 1e-4, step
+    assert exported.cache.context_frames() == model.cache.context_frames()
+    exported.reset()
+    assert exported.cache.empty
+    with pytest.raises(BadInputError, match='takes 42x28 images'):
+        exported.infer(frames(1)[0])
+    with pytest.raises(ConfigError, match='needs the torch backend'):
+        exported.infer_video(frames(2, SIZE, 42))

@@ -103,10 +103,13 @@ def load(
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
     from endo_depth_ros.models.video_depth_anything import is_video_name, load_video_model
     if is_video_name(name):
+        if backend == 'onnxruntime':
+            from endo_depth_ros.models.video_depth_anything import OnnxVideoDepthModel
+            return OnnxVideoDepthModel(path, name=name, device=device)
         if backend != 'torch':
             raise ConfigError(
-                f'Video model {name!r} runs with the torch backend only (its streaming cache '
-                'lives outside the exported graph); see the README, "Video models".')
+                f'Video model {name!r} runs with torch or onnxruntime; TensorRT engines of '
+                'its streaming step are not built yet (see the README, "Video models").')
         if max_depth is not None:
             raise ConfigError(
                 f'max_depth does not apply to {name!r}: Video Depth Anything heads are '
