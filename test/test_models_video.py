@@ -386,3 +386,25 @@ def test_onnx_streaming_step_matches_torch_over_a_stream(
         exported.infer(frames(1)[0])
     with pytest.raises(ConfigError, match='needs the torch backend'):
         exported.infer_video(frames(2, SIZE, 42))
+
+
+def test_evaluator_runs_a_video_model_streaming_and_in_windows(
+        checkpoint: Path, tmp_path: Path) -> None:
+    from endo_depth_ros import bags, evaluation
+    from endo_depth_ros.synth import SynthConfig, render_sequence
+
+    bag = tmp_path / 'seq'
+    bags.write_sequence(bag, render_sequence(SynthConfig(width=48, height=40, frames=10)))
+    base = PipelineConfig(model=ModelConfig(device='cpu', input_size=SIZE))
+    config = evaluation.EvalConfig(
+        models=(evaluation.ModelSpec('vda', str(checkpoint)),), align_modes=('stream', 'none'),
+        video_modes=('stream', 'window'), pipeline=base, protocol='sequence-affine')
+    results = evaluation.evaluate([bag], config)
+    # Both alignment modes collapse to the one a video model runs (scale policy only).
+    assert [(r.model, r.align) for r in results] == [
+        ('vda:vda.pth [stream]', 'none'), ('vda:vda.pth [window]', 'none')]
+    for result in results:
+        assert result.frames_total == 10 and result.summary['tae'] is not None
+    assert results[0].summary['abs_rel'] != results[1].summary['abs_rel']
+    with pytest.raises(ConfigError, match='Video modes'):
+        evaluation.EvalConfig(video_modes=('offline',))
