@@ -51,6 +51,7 @@ setup(
             'depth_node = endo_depth_ros.ros.node:main',
             'endo-depth-synth = endo_depth_ros.cli.synth:main',
             'endo-depth-eval = endo_depth_ros.cli.eval:main',
+            'endo-depth-import = endo_depth_ros.cli.import_:main',
             'endo-depth-export = endo_depth_ros.cli.export:main',
             'endo-depth-bench = endo_depth_ros.cli.bench:main',
             'endo-depth-demo = endo_depth_ros.cli.demo:main',

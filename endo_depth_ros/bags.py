@@ -10,6 +10,10 @@ source would publish::
     /endoscope/pose_gt       geometry_msgs/msg/PoseStamped  optical frame in ``world``
     /endoscope/seg_gt        sensor_msgs/msg/Image       mono8, 0 tissue / 1 instrument
 
+and, for a stereo or robot-held synthetic flight, ``/endoscope/right/{image_raw,
+camera_info,depth_gt}`` (rectified pair, ``P[0,3] = -fx * B``) and
+``/endoscope/kinematics`` (PoseStamped of the camera in the robot's ``base`` frame).
+
 :func:`write_npz` stores the same frames as one ``.npz`` per frame (keys ``rgb``,
 ``depth``, ``seg``, ``K``, ``pose``, ``stamp``; EndoSynth's layout plus camera and pose).
 
@@ -22,18 +26,17 @@ by :mod:`endo_depth_ros.encodings` (shared with the ROS node).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 import re
-import shutil
 import sqlite3
 from typing import Any, Protocol, Self
 import zipfile
 
 import numpy as np
 
-from endo_depth_ros import encodings
+from endo_depth_ros import encodings, outputs
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError
 from endo_depth_ros.geometry import (
@@ -41,6 +44,7 @@ from endo_depth_ros.geometry import (
     pose_from_translation_quaternion,
     pose_to_translation_quaternion,
 )
+from endo_depth_ros.scale import baseline_from_projection
 
 #: Topics written by :func:`write_sequence`.
 TOPIC_IMAGE = '/endoscope/image_raw'
@@ -48,6 +52,18 @@ TOPIC_CAMERA_INFO = '/endoscope/camera_info'
 TOPIC_DEPTH = '/endoscope/depth_gt'
 TOPIC_POSE = '/endoscope/pose_gt'
 TOPIC_SEG = '/endoscope/seg_gt'
+TOPIC_RIGHT_IMAGE = '/endoscope/right/image_raw'
+TOPIC_RIGHT_CAMERA_INFO = '/endoscope/right/camera_info'
+TOPIC_RIGHT_DEPTH = '/endoscope/right/depth_gt'
+TOPIC_KINEMATICS = '/endoscope/kinematics'
+RIGHT_CAMERA_FRAME = 'endoscope_right_optical_frame'
+KINEMATICS_FRAME = 'base'
+#: The endoscope's field of view: mono8, 255 inside (written once, by importers that know it).
+TOPIC_VIEW = '/endoscope/field_of_view'
+#: YAML facts about the ground truth, e.g. ``depth_units: relative`` (std_msgs/String).
+TOPIC_GT_INFO = '/endoscope/ground_truth_info'
+#: ``depth_units`` of ground truth: metres, or an unknown unit (SfM, normalised depth).
+GT_UNITS = ('metric', 'relative')
 #: Frame ids (REP-103 optical frame of the endoscope; ground-truth world).
 CAMERA_FRAME = 'endoscope_optical_frame'
 WORLD_FRAME = 'world'
@@ -60,10 +76,11 @@ CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 POSE_TYPE = 'geometry_msgs/msg/PoseStamped'
 POINT_CLOUD_TYPE = 'sensor_msgs/msg/PointCloud2'
 ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
+STRING_TYPE = 'std_msgs/msg/String'
 
 _NS_PER_S = 1_000_000_000
-#: Files a bag or npz folder written by this module may contain (what --overwrite removes).
-_OUTPUT_SUFFIXES = ('.mcap', '.db3', '.db3-shm', '.db3-wal', '.yaml', '.npz', '.zstd', '.lz4')
+#: Builds the camera of an image of (width, height) pixels when the recording has none.
+CameraGuess = Callable[[int, int], Intrinsics]
 #: Ground truth is paired with an image when their stamps differ by at most this (ns).
 DEFAULT_SYNC_TOLERANCE_NS = 1_000_000
 #: An image waits for its ground truth while at most this many later images are read.
@@ -99,6 +116,9 @@ class BagTopics:
     depth: str | None = None
     pose: str | None = None
     seg: str | None = None
+    right_image: str | None = None
+    right_camera_info: str | None = None
+    kinematics: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +134,10 @@ class BagFrame:
         depth_gt: (H, W) float32 metres (REP-118 z-depth), NaN invalid, or None.
         pose_gt: (4, 4) float64 ``T_world_camera``, or None.
         seg_gt: (H, W) uint8 labels, or None.
+        right_rgb: (H, W, 3) uint8 right image of a rectified pair, or None.
+        baseline_m: the pair's baseline from the right camera_info (metres, 0: none).
+        kinematics: ``(stamp_ns, T_base_camera)`` kinematic sample paired with the
+            image, or None.
     """
 
     index: int
@@ -124,6 +148,9 @@ class BagFrame:
     depth_gt: np.ndarray | None = None
     pose_gt: np.ndarray | None = None
     seg_gt: np.ndarray | None = None
+    right_rgb: np.ndarray | None = None
+    baseline_m: float = 0.0
+    kinematics: tuple[int, np.ndarray] | None = None
 
 
 # --------------------------------------------------------------------------- writing
@@ -160,7 +187,8 @@ class BagWriter:
 
     Raises:
         ConfigError: unknown ``storage``.
-        BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
+        OutputError: ``path`` exists and ``overwrite`` is False, or it is not a recording
+            (see ``endo_depth_ros.outputs``).
         OSError: the directory cannot be created or written.
     """
 
@@ -171,7 +199,7 @@ class BagWriter:
         if storage not in STORAGES:
             raise ConfigError(f'Unknown bag storage {storage!r}; expected one of {STORAGES}.')
         self.path = Path(path)
-        _prepare_output(self.path, overwrite)
+        outputs.prepare_recording_output(self.path, overwrite=overwrite)
         self._store = typestore()
         self._types = self._store.types
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
@@ -194,15 +222,21 @@ class BagWriter:
                          frame_id)
 
     def write_camera_info(self, topic: str, stamp_ns: int, intrinsics: Intrinsics,
-                          frame_id: str = CAMERA_FRAME) -> None:
-        """``sensor_msgs/CameraInfo`` of ``intrinsics`` (pinhole written as plumb_bob, D = 0)."""
+                          frame_id: str = CAMERA_FRAME, *, baseline_m: float = 0.0) -> None:
+        """``sensor_msgs/CameraInfo`` of ``intrinsics`` (pinhole written as plumb_bob, D = 0);
+        ``baseline_m`` > 0 makes it a rectified right camera (``P[0,3] = -fx * B``)."""
         self._write(topic, stamp_ns, _camera_info(
-            self._types, self._header(stamp_ns, frame_id), intrinsics))
+            self._types, self._header(stamp_ns, frame_id), intrinsics, baseline_m))
 
     def write_pose(self, topic: str, stamp_ns: int, T: np.ndarray,
                    frame_id: str = WORLD_FRAME) -> None:
         """``geometry_msgs/PoseStamped`` of a 4x4 ``T_frame_camera`` (metres)."""
         self._write(topic, stamp_ns, _pose(self._types, self._header(stamp_ns, frame_id), T))
+
+    def write_string(self, topic: str, stamp_ns: int, text: str) -> None:
+        """``std_msgs/String`` holding ``text`` (log time ``stamp_ns``; it has no header)."""
+        msg = self._types[STRING_TYPE](data=text)
+        self._write(topic, stamp_ns, msg)
 
     def write_cloud(self, topic: str, stamp_ns: int, cloud: PointCloud,
                     frame_id: str = CAMERA_FRAME) -> None:
@@ -256,7 +290,8 @@ def write_sequence(
 
     Raises:
         ConfigError: unknown ``storage``.
-        BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
+        OutputError: ``path`` exists and ``overwrite`` is False, or it is not a recording
+            (see ``endo_depth_ros.outputs``).
         OSError: the directory cannot be created or written.
     """
     count = 0
@@ -270,6 +305,16 @@ def write_sequence(
             bag.write_depth(TOPIC_DEPTH, stamp, frame.depth)
             bag.write_pose(TOPIC_POSE, stamp, frame.pose)
             bag.write_image(TOPIC_SEG, stamp, np.asarray(frame.seg, np.uint8), 'mono8')
+            right = getattr(frame, 'right', None)
+            if right is not None:
+                bag.write_image(TOPIC_RIGHT_IMAGE, stamp, right.rgb, 'rgb8', RIGHT_CAMERA_FRAME)
+                bag.write_camera_info(TOPIC_RIGHT_CAMERA_INFO, stamp, frame.intrinsics,
+                                      RIGHT_CAMERA_FRAME,
+                                      baseline_m=float(getattr(frame, 'baseline_m', 0.0)))
+                bag.write_depth(TOPIC_RIGHT_DEPTH, stamp, right.depth, RIGHT_CAMERA_FRAME)
+            kinematic = getattr(frame, 'kinematic_pose', None)
+            if kinematic is not None:
+                bag.write_pose(TOPIC_KINEMATICS, stamp, kinematic, KINEMATICS_FRAME)
             count += 1
     return count
 
@@ -285,12 +330,13 @@ def write_npz(path: str | Path, frames: Iterable[FrameLike], *, overwrite: bool 
         The number of frames written.
 
     Raises:
-        BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
+        OutputError: ``path`` exists and ``overwrite`` is False, or it is not a recording
+            (see ``endo_depth_ros.outputs``).
         OSError: the folder cannot be created or written.
     """
     path = Path(path)
-    _prepare_output(path, overwrite)
-    path.mkdir(parents=True)
+    outputs.prepare_recording_output(path, overwrite=overwrite)
+    path.mkdir()
     count = 0
     for frame in frames:
         np.savez_compressed(
@@ -305,32 +351,6 @@ def write_npz(path: str | Path, frames: Iterable[FrameLike], *, overwrite: bool 
     return count
 
 
-def _prepare_output(path: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; then remove it (recordings only)."""
-    if not path.exists() and not path.is_symlink():
-        blocker = next((p for p in path.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise BagError(f'Cannot create {str(path)!r}: {str(blocker)!r} is not a folder.')
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        raise BagError(f'Output {str(path)!r} already exists; pass overwrite (--overwrite) '
-                       'to replace it.')
-    if path.is_dir() and not path.is_symlink():
-        entries = list(path.iterdir())
-        strangers = [e.name for e in entries
-                     if not (e.is_file() and e.name.endswith(_OUTPUT_SUFFIXES))]
-        if strangers:
-            raise BagError(
-                f'Refusing to overwrite {str(path)!r}: it is not a bag or npz folder '
-                f'(it contains {sorted(strangers)[:3]}).')
-        shutil.rmtree(path)
-    elif path.name.endswith(_OUTPUT_SUFFIXES):
-        path.unlink()
-    else:
-        raise BagError(f'Refusing to overwrite {str(path)!r}: it is not a bag or npz folder.')
-
-
 def _header(types: dict[str, Any], stamp_ns: int, frame_id: str) -> Any:
     sec, nanosec = divmod(int(stamp_ns), _NS_PER_S)
     return types['std_msgs/msg/Header'](
@@ -343,8 +363,10 @@ def _image(types: dict[str, Any], header: Any, array: np.ndarray, encoding: str)
                              encoding=encoding, is_bigendian=0, step=step, data=data)
 
 
-def _camera_info(types: dict[str, Any], header: Any, intrinsics: Intrinsics) -> Any:
+def _camera_info(types: dict[str, Any], header: Any, intrinsics: Intrinsics,
+                 baseline_m: float = 0.0) -> Any:
     f = encodings.intrinsics_to_fields(intrinsics)
+    f['p'][3] = -intrinsics.fx * baseline_m
     model, d = f['distortion_model'], f['d']
     if model in ('', 'none'):
         # A pinhole camera is written the way ROS calibration tools do: plumb_bob, D = 0.
@@ -397,6 +419,78 @@ def is_npz_folder(path: str | Path) -> bool:
             and any(path.glob('*.npz')))
 
 
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What a recording says about its ground truth and optics (importers write it).
+
+    Attributes:
+        gt_units: ``'metric'`` (depth and poses in metres) or ``'relative'`` (an unknown
+            unit: SfM reconstructions, normalised depth).
+        view: (H, W) bool field of view of the endoscope, or None when not recorded.
+    """
+
+    gt_units: str = 'metric'
+    view: np.ndarray | None = None
+
+
+def read_recording_info(path: str | Path) -> RecordingInfo:
+    """The ``TOPIC_GT_INFO`` and ``TOPIC_VIEW`` messages of a recording (defaults if absent).
+
+    npz folders give them as the arrays ``gt_units`` (a string) and ``view`` (bool) of
+    their first frame.
+
+    Raises:
+        BagError: unreadable recording or an invalid message.
+    """
+    path = Path(path)
+    if is_npz_folder(path):
+        data = _load_npz(_npz_files(path)[0])
+        units = str(data['gt_units']) if 'gt_units' in data else 'metric'
+        view = np.asarray(data['view'], dtype=bool) if 'view' in data else None
+        return RecordingInfo(_check_units(units, path), view)
+    units, view = 'metric', None
+    with _open_reader(path) as reader:
+        wanted = [c for c in reader.connections if c.topic in (TOPIC_GT_INFO, TOPIC_VIEW)]
+        if not wanted:  # (an empty selection would mean every connection to rosbags)
+            return RecordingInfo()
+        seen: set[str] = set()
+        for conn, _log_time, raw in _messages(reader, wanted, path):
+            if conn.topic in seen:
+                continue
+            seen.add(conn.topic)
+            msg = _deserialize(reader, raw, conn, path)
+            if conn.topic == TOPIC_GT_INFO:
+                units = _units_from_yaml(str(getattr(msg, 'data', '')), path)
+            else:
+                view = _decode_mono(msg, path) > 0
+            if len(seen) == len(wanted):
+                break
+    return RecordingInfo(units, view)
+
+
+def gt_info_yaml(gt_units: str) -> str:
+    """The text of a ``TOPIC_GT_INFO`` message."""
+    return f'depth_units: {gt_units}\n'
+
+
+def _units_from_yaml(text: str, path: Path) -> str:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise BagError(f'{path}: {TOPIC_GT_INFO} is not YAML: {_describe(err)}') from None
+    if not isinstance(data, dict):
+        raise BagError(f'{path}: {TOPIC_GT_INFO} must be a YAML mapping, got {text[:60]!r}.')
+    return _check_units(str(data.get('depth_units', 'metric')), path)
+
+
+def _check_units(units: str, path: Path) -> str:
+    if units not in GT_UNITS:
+        raise BagError(f'{path}: ground-truth depth_units {units!r} is not one of {GT_UNITS}.')
+    return units
+
+
 def detect_topics(path: str | Path, **overrides: str | None) -> BagTopics:
     """Find the image, camera info and ground-truth topics of a recording.
 
@@ -439,6 +533,9 @@ def _choose_topics(path: Path, types: dict[str, str],
         'depth': (IMAGE_TYPE,),
         'pose': (POSE_TYPE, ODOMETRY_TYPE),
         'seg': (IMAGE_TYPE,),
+        'right_image': (IMAGE_TYPE, COMPRESSED_TYPE),
+        'right_camera_info': (CAMERA_INFO_TYPE,),
+        'kinematics': (POSE_TYPE,),
     }
     chosen: dict[str, str | None] = {}
     for key, wanted in overrides.items():
@@ -456,7 +553,7 @@ def _choose_topics(path: Path, types: dict[str, str],
         chosen[key] = wanted
     if 'image' not in chosen:
         candidates = [t for t, ty in types.items() if ty in allowed['image']
-                      and not _AUX_IMAGE.search(t)]
+                      and not _AUX_IMAGE.search(t) and not _RIGHT_NAME.search(t)]
         chosen['image'] = _best(candidates, _IMAGE_PREFERENCE)
     image = chosen['image']
     if image is None:
@@ -480,15 +577,31 @@ def _choose_topics(path: Path, types: dict[str, str],
     pick('camera_info', None, ('camera_info',))
     pick('depth', _DEPTH_NAME, ('depth_gt', 'gt', 'ground_truth', 'depth'))
     pick('seg', _SEG_NAME, ('seg_gt', 'seg', 'mask', 'label'))
+    pick('kinematics', _KINEMATICS_NAME, ('kinematics',))
     pick('pose', None, ('pose_gt', 'gt', 'ground_truth', 'groundtruth', 'pose'))
+    # The right camera of a stereo pair: an image topic named right, its camera_info.
+    if 'right_image' not in chosen:
+        candidates = [t for t, ty in types.items() if ty in allowed['right_image']
+                      and _RIGHT_NAME.search(t) and not _AUX_IMAGE.search(t) and t not in taken]
+        chosen['right_image'] = _best(candidates, _IMAGE_PREFERENCE)
+    right = chosen['right_image']
+    if right is not None and 'right_camera_info' not in chosen:
+        candidates = [t for t, ty in types.items() if ty == CAMERA_INFO_TYPE and t not in taken]
+        chosen['right_camera_info'] = _best(candidates, ('camera_info',),
+                                            right.rsplit('/', 1)[0])
     return BagTopics(image=image, camera_info=chosen['camera_info'], depth=chosen['depth'],
-                     pose=chosen['pose'], seg=chosen['seg'])
+                     pose=chosen['pose'], seg=chosen['seg'], right_image=right,
+                     right_camera_info=chosen.get('right_camera_info'),
+                     kinematics=chosen['kinematics'])
 
 
-_AUX_IMAGE = re.compile(r'depth|disp|seg|mask|label|gt\b|ground_?truth|normal|flow',
+_AUX_IMAGE = re.compile(r'depth|disp|seg|mask|label|gt\b|ground_?truth|normal|flow|'
+                        r'field_of_view|fov',
                         re.IGNORECASE)
 _DEPTH_NAME = re.compile(r'depth', re.IGNORECASE)
 _SEG_NAME = re.compile(r'seg|mask|label', re.IGNORECASE)
+_RIGHT_NAME = re.compile(r'right', re.IGNORECASE)
+_KINEMATICS_NAME = re.compile(r'kinematic', re.IGNORECASE)
 _IMAGE_PREFERENCE = ('image_raw', 'image_rect_color', 'image_color', 'image_rect', 'image',
                      'rgb', 'color')
 
@@ -515,7 +628,7 @@ def read_frames(
     start: int = 0,
     stop: int | None = None,
     stride: int = 1,
-    intrinsics: Intrinsics | None = None,
+    intrinsics: Intrinsics | CameraGuess | None = None,
     sync_tolerance_ns: int = DEFAULT_SYNC_TOLERANCE_NS,
 ) -> Iterator[BagFrame]:
     """Yield the frames of a recording with intrinsics and ground truth, in order.
@@ -550,7 +663,8 @@ def read_frames(
         yield from _read_npz(path, start, stop, stride, intrinsics)
         return
     if topics.camera_info is None and intrinsics is None:
-        raise BagError(f'{path}: no camera_info topic; pass the camera intrinsics explicitly.')
+        raise BagError(f'{path}: no camera_info topic; pass the camera intrinsics '
+                       '(--fx/--fy/--cx/--cy or --camera-info FILE.yaml).')
     yield from _read_bag(path, topics, start, stop, stride, intrinsics, sync_tolerance_ns)
 
 
@@ -564,8 +678,10 @@ class _Pending:
 
 
 def _read_bag(path: Path, topics: BagTopics, start: int, stop: int | None, stride: int,
-              fallback: Intrinsics | None, tolerance: int) -> Iterator[BagFrame]:
-    extra = {'depth': topics.depth, 'pose': topics.pose, 'seg': topics.seg}
+              fallback: Intrinsics | CameraGuess | None, tolerance: int) -> Iterator[BagFrame]:
+    extra = {'depth': topics.depth, 'pose': topics.pose, 'seg': topics.seg,
+             'right': topics.right_image, 'right_info': topics.right_camera_info,
+             'kinematics': topics.kinematics}
     expected = [k for k, t in extra.items() if t is not None]
     wanted = {t: k for k, t in extra.items() if t is not None}
     wanted[topics.image] = 'image'
@@ -580,7 +696,7 @@ def _read_bag(path: Path, topics: BagTopics, start: int, stop: int | None, strid
         # Messages by stamp; each selected image waits until its partners are in (or
         # until _PAIRING_WINDOW more images went by), then becomes a frame.
         truth: dict[str, dict[int, Any]] = {
-            k: {} for k in ('depth', 'pose', 'seg', 'camera_info')}
+            k: {} for k in ('depth', 'pose', 'seg', 'camera_info', *extra)}
         pending: list[_Pending] = []
         latest_info: Intrinsics | None = None
         image_index = -1
@@ -642,8 +758,10 @@ def _forget(truth: dict[str, dict[int, Any]], before_ns: int) -> None:
 
 
 def _finish(p: _Pending, truth: dict[str, dict[int, Any]], latest_info: Intrinsics | None,
-            fallback: Intrinsics | None, path: Path, tolerance: int) -> BagFrame:
-    info = _match(truth['camera_info'], p.stamp_ns, 0) or latest_info or fallback
+            fallback: Intrinsics | CameraGuess | None, path: Path, tolerance: int) -> BagFrame:
+    height, width = p.rgb.shape[:2]
+    info = (_match(truth['camera_info'], p.stamp_ns, 0) or latest_info
+            or (None if fallback is None else _guess(fallback, width, height, path)))
     if info is None:
         raise BagError(f'{path}: no camera_info before image {p.index} '
                        f'(stamp {p.stamp_ns} ns); pass the camera intrinsics explicitly.')
@@ -658,8 +776,40 @@ def _finish(p: _Pending, truth: dict[str, dict[int, Any]], latest_info: Intrinsi
     depth = None if depth_msg is None else _decode_depth(depth_msg, path)
     seg = None if seg_msg is None else _decode_mono(seg_msg, path)
     pose = None if pose_msg is None else _decode_pose(pose_msg)
+    right, baseline = _decode_right(truth, p, path, tolerance)
+    kin_msg = _match(truth['kinematics'], p.stamp_ns, tolerance)
+    kinematics = None if kin_msg is None else (_stamp_ns(kin_msg), _decode_pose(kin_msg))
     return BagFrame(index=p.index, stamp_ns=p.stamp_ns, rgb=p.rgb, intrinsics=info,
-                    frame_id=p.frame_id, depth_gt=depth, pose_gt=pose, seg_gt=seg)
+                    frame_id=p.frame_id, depth_gt=depth, pose_gt=pose, seg_gt=seg,
+                    right_rgb=right, baseline_m=baseline, kinematics=kinematics)
+
+
+def _decode_right(truth: dict[str, dict[int, Any]], p: _Pending, path: Path,
+                  tolerance: int) -> tuple[np.ndarray | None, float]:
+    """The right image paired with ``p`` and the baseline of its camera_info."""
+    msg = _match(truth['right'], p.stamp_ns, tolerance)
+    info = _match(truth['right_info'], p.stamp_ns, tolerance)
+    if msg is None or info is None:
+        return None, 0.0
+    stamp = _stamp_ns(msg)
+    rgb, _ = _decode_rgb(msg, COMPRESSED_TYPE if hasattr(msg, 'format') else IMAGE_TYPE,
+                         path, stamp)
+    try:
+        baseline = baseline_from_projection(info.p)
+    except BadInputError as err:
+        raise BagError(f'{path}: right camera_info at stamp {stamp} ns: {err}') from None
+    return rgb, baseline
+
+
+def _guess(fallback: Intrinsics | CameraGuess, width: int, height: int,
+           where: Path) -> Intrinsics:
+    """The camera given by the caller for an image of this size."""
+    if isinstance(fallback, Intrinsics):
+        return fallback
+    try:
+        return fallback(width, height)
+    except BadInputError as err:
+        raise BagError(f'{where}: {err}') from None
 
 
 # --------------------------------------------------------------------------- decoding
@@ -823,7 +973,7 @@ def _load_npz(file: Path) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path, start: int, stop: int | None, stride: int,
-              fallback: Intrinsics | None) -> Iterator[BagFrame]:
+              fallback: Intrinsics | CameraGuess | None) -> Iterator[BagFrame]:
     files = _npz_files(path)
     for index in range(start, len(files) if stop is None else min(stop, len(files)), stride):
         data = _load_npz(files[index])
@@ -840,9 +990,10 @@ def _read_npz(path: Path, start: int, stop: int | None, stride: int,
             except BadInputError as err:
                 raise BagError(f'{files[index]}: {err}') from None
         elif fallback is not None:
-            intrinsics = fallback
+            intrinsics = _guess(fallback, width, height, files[index])
         else:
-            raise BagError(f'{files[index]}: no "K" array; pass the camera intrinsics.')
+            raise BagError(f'{files[index]}: no "K" array; pass the camera intrinsics '
+                           '(--fx/--fy/--cx/--cy or --camera-info FILE.yaml).')
         depth = data.get('depth')
         seg = data.get('seg')
         pose = data.get('pose')

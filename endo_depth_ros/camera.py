@@ -6,8 +6,10 @@ its centre at integer coordinates, so ``u = fx * x / z + cx``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -103,3 +105,41 @@ class Intrinsics:
             cx=(self.cx + 0.5) * sx - 0.5, cy=(self.cy + 0.5) * sy - 0.5,
             distortion_model=self.distortion_model, distortion=self.distortion,
         )
+
+
+def pinhole_for_size(fx: float, fy: float, cx: float,
+                     cy: float) -> Callable[[int, int], Intrinsics]:
+    """A camera of any image size with these pixel intrinsics (for data without them)."""
+    def build(width: int, height: int) -> Intrinsics:
+        return Intrinsics(width=width, height=height, fx=fx, fy=fy, cx=cx, cy=cy)
+    return build
+
+
+def load_camera_info_yaml(path: str | Path) -> Intrinsics:
+    """Intrinsics from a ROS camera_info YAML file (``camera_calibration``'s format).
+
+    Reads ``image_width``, ``image_height``, ``camera_matrix.data`` (row-major 3x3) and,
+    when present, ``distortion_model`` and ``distortion_coefficients.data``.
+
+    Raises:
+        BadInputError: unreadable file, missing or malformed fields (reason ``'intrinsics'``).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise BadInputError(f'Cannot read camera info {str(path)!r}: '
+                            f'{str(err).splitlines()[0]}', 'intrinsics') from None
+    try:
+        K = np.asarray(data['camera_matrix']['data'], dtype=np.float64)
+        width, height = int(data['image_width']), int(data['image_height'])
+        model = str(data.get('distortion_model') or '')
+        coeffs = (data.get('distortion_coefficients') or {}).get('data') or []
+        if K.size != 9:
+            raise ValueError(f'camera_matrix has {K.size} values, expected 9')
+        return Intrinsics.from_matrix(K, width, height, model, coeffs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadInputError(f'{path}: not a camera_info YAML (image_width, image_height, '
+                            f'camera_matrix.data): {err}', 'intrinsics') from None

@@ -40,3 +40,11 @@ class BackendUnavailableError(EndoDepthError):
 
 class BagError(EndoDepthError):
     """A bag (or npz sequence folder) is missing, corrupt or lacks required topics."""
+
+
+class DatasetError(EndoDepthError):
+    """A dataset folder to import is missing files or holds malformed ones."""
+
+
+class OutputError(EndoDepthError):
+    """An output path cannot be written without risking a user's data (see ``outputs``)."""

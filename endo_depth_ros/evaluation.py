@@ -35,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
-from endo_depth_ros import bags, metrics, models
+from endo_depth_ros import bags, metrics, models, outputs
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
@@ -47,6 +47,7 @@ from endo_depth_ros.pipeline import (
     alignment_for_model,
     is_video_model,
 )
+from endo_depth_ros.scale import StereoPair
 
 
 class Progress(Protocol):
@@ -114,6 +115,13 @@ class EvalConfig:
         topics: topic overrides for ``bags.detect_topics`` (``image``, ``camera_info``,
             ``depth``, ``pose``).
         contact_frames: frames kept for the contact sheet.
+        gt_units: ``'metric'``, ``'relative'`` (scale-free ground truth: no metre units,
+            trajectory errors relative to the path length, protocol ``none`` refused) or
+            ``'auto'`` (what the recording says, ``bags.read_recording_info``).
+        range_from_gt: with scale-free ground truth, score over the ground truth's own
+            depth range instead of ``min_depth``/``max_depth`` (set when the user gave none).
+        camera: intrinsics for recordings without camera info, or a function of the
+            image (width, height) returning them (``--fx/--fy/--cx/--cy``).
         video_modes: how video models run (``'stream'``, ``'window'``); ignored by
             per-frame models.
     """
@@ -129,6 +137,9 @@ class EvalConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     topics: dict[str, str] = field(default_factory=dict)
     contact_frames: int = 4
+    gt_units: str = 'auto'
+    range_from_gt: bool = False
+    camera: Intrinsics | bags.CameraGuess | None = None
     video_modes: tuple[str, ...] = ('stream',)
 
     def __post_init__(self) -> None:
@@ -159,11 +170,32 @@ class EvalConfig:
             raise ConfigError(f'stride must be >= 1, got {self.stride}.')
         if self.contact_frames < 0:
             raise ConfigError(f'contact_frames must be >= 0, got {self.contact_frames}.')
+        if self.gt_units not in ('auto', *bags.GT_UNITS):
+            raise ConfigError(f'gt_units must be auto, metric or relative, got {self.gt_units!r}.')
+        check_protocol_for_units(self.protocol, self.gt_units)
 
     @property
     def stop(self) -> int | None:
         """Index (exclusive) of the last bag frame to read, or None for all."""
         return None if self.frames == 0 else self.start + self.frames * self.stride
+
+
+def check_protocol_for_units(protocol: str, gt_units: str, where: str = '') -> None:
+    """Refuse metric scoring (protocol ``none``) of scale-free ground truth.
+
+    Raises:
+        ConfigError: ``protocol`` is ``none`` and ``gt_units`` is ``relative``.
+    """
+    if protocol == 'none' and gt_units == 'relative':
+        prefix = f'{where}: ' if where else ''
+        raise ConfigError(f'{prefix}the ground truth has no unit (scale-free), so --protocol '
+                          'none cannot score it; use median, sequence-median, sequence-affine '
+                          'or sequence-mad.')
+
+
+def units_label(gt_units: str) -> str:
+    """How depths and distances of ground truth in ``gt_units`` are labelled."""
+    return 'm' if gt_units == 'metric' else 'units'
 
 
 @dataclass
@@ -183,6 +215,8 @@ class FrameRecord:
         fallback: the aligner could not align this frame to its buffer.
         rgb: (H, W, 3) uint8 input image (kept for the contact sheet), or None.
         timings_ms: per-stage timings (``pipeline.STAGES``).
+        view: (H, W) bool field of view the pipeline used (None: every pixel); every
+            metric is computed inside it.
     """
 
     index: int
@@ -196,6 +230,7 @@ class FrameRecord:
     fallback: bool = False
     rgb: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    view: np.ndarray | None = None
 
 
 @dataclass
@@ -206,6 +241,7 @@ class Sample:
     rgb: np.ndarray
     depth: np.ndarray
     gt_depth: np.ndarray | None
+    view: np.ndarray | None = None
 
 
 @dataclass
@@ -215,7 +251,9 @@ class RunResult:
     ``summary`` holds the headline numbers (``None`` when not computable):
     ``abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3`` (frame means; metres where a unit
     applies), ``tae`` (×100), ``ate`` (m, Sim(3)), ``ate_se3`` (m), ``traj_scale``,
-    ``rpe_trans`` (m), ``rpe_rot`` (deg), ``ms_per_frame``, ``fps``, and in live mode
+    ``rpe_trans`` (m), ``rpe_rot`` (deg), ``ms_per_frame``, ``fps``, ``ate_rel`` and
+    ``rpe_rel`` (ATE / ground-truth path length, RPE / mean ground-truth step; the
+    trajectory scores of scale-free ground truth), and in live mode
     ``latency_p50_ms``, ``latency_p95_ms``, ``drop_rate``, ``output_rate_hz``.
     ``per_frame`` holds lists aligned with ``per_frame['index']`` (TAE per pair is
     stored at the later frame of the pair, NaN/None elsewhere).
@@ -233,6 +271,8 @@ class RunResult:
     fallbacks: int = 0
     has_gt_depth: bool = False
     has_gt_pose: bool = False
+    gt_units: str = 'metric'
+    depth_range: tuple[float, float] = (metrics.DEFAULT_MIN_DEPTH, metrics.DEFAULT_MAX_DEPTH)
     summary: dict[str, float | None] = field(default_factory=dict)
     per_frame: dict[str, list[float | int | None]] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(default_factory=dict)
@@ -326,6 +366,7 @@ def evaluate(
     *,
     progress: ProgressFactory | None = None,
     write_bag: str | Path | None = None,
+    overwrite: bool = False,
 ) -> list[RunResult]:
     """Evaluate every (bag, model, alignment mode) combination.
 
@@ -335,6 +376,7 @@ def evaluate(
         progress: optional factory of a progress display per run, updated after each
             frame and closed at the end of the run (the CLI plugs tqdm in here).
         write_bag: also write the first run's outputs as a bag here (see ``OutputBag``).
+        overwrite: ``write_bag`` may replace an existing recording (never an input).
 
     Returns:
         One ``RunResult`` per combination, in model, bag, mode order.
@@ -343,7 +385,11 @@ def evaluate(
         BagError: missing/corrupt bag, no image topic or no frame in the selected range.
         ModelLoadError: unknown model or bad checkpoint.
         BadInputError: e.g. ground-truth depth and image sizes differ.
+        OutputError: ``write_bag`` is an input, or exists without ``overwrite``, or is
+            not a recording.
     """
+    if write_bag is not None:
+        outputs.check_recording_output(write_bag, overwrite=overwrite, inputs=bag_paths)
     results: list[RunResult] = []
     for spec in config.models:
         model = load_model(spec, config.pipeline.model)
@@ -353,19 +399,35 @@ def evaluate(
                 raise BadInputError(
                     f'The gt oracle needs a ground-truth depth topic, but {path} has none.',
                     'no_ground_truth')
+            info = bags.read_recording_info(path)
+            run_config = config_for_recording(config, info, path)
             video = is_video_model(model)
             for align, video_mode in _runs(model, spec, config):
                 label = f'{spec.label}/{align}' + (f' [{video_mode}]' if video else '')
                 with progress_bar(progress, f'{Path(path).name} {label}',
                                   config.frames or None) as bar:
                     if write_bag is not None and not results:
-                        with OutputBag(write_bag) as out:
+                        with OutputBag(write_bag, overwrite=overwrite) as out:
                             results.append(evaluate_run(path, topics, spec, model, align,
-                                                        config, bar, out, video_mode))
+                                                        run_config, bar, out, view=info.view,
+                                                        video_mode=video_mode))
                     else:
-                        results.append(evaluate_run(path, topics, spec, model, align, config,
-                                                    bar, video_mode=video_mode))
+                        results.append(evaluate_run(path, topics, spec, model, align,
+                                                    run_config, bar, view=info.view,
+                                                    video_mode=video_mode))
     return results
+
+
+def config_for_recording(config: EvalConfig, info: bags.RecordingInfo,
+                         path: str | Path) -> EvalConfig:
+    """``config`` with ``gt_units`` resolved from the recording (when ``'auto'``).
+
+    Raises:
+        ConfigError: protocol ``none`` on scale-free ground truth.
+    """
+    units = info.gt_units if config.gt_units == 'auto' else config.gt_units
+    check_protocol_for_units(config.protocol, units, str(path))
+    return replace(config, gt_units=units)
 
 
 def _runs(model: DepthModel, spec: ModelSpec, config: EvalConfig) -> list[tuple[str, str]]:
@@ -431,7 +493,7 @@ def _window_depth(path: str | Path, topics: bags.BagTopics, model: DepthModel,
     images: list[np.ndarray] = []
     size = 0
     for frame in bags.read_frames(path, topics, start=config.start, stop=config.stop,
-                                  stride=config.stride):
+                                  stride=config.stride, intrinsics=config.camera):
         size += frame.rgb.nbytes
         if size > MAX_WINDOW_CLIP_BYTES:
             raise BagError(
@@ -462,10 +524,13 @@ def evaluate_run(
     config: EvalConfig,
     progress: Progress | None = None,
     output_bag: OutputBag | None = None,
+    *,
+    view: np.ndarray | None = None,
     video_mode: str = '',
 ) -> RunResult:
     """Run one bag through a fresh ``Pipeline`` with ``model`` and score it.
 
+    ``view`` is the recording's own field of view (else the pipeline detects it).
     ``video_mode`` ``'window'`` runs a video model's offline windows first (see the
     module docstring); ``''``/``'stream'``: the model runs frame by frame.
     """
@@ -474,6 +539,8 @@ def evaluate_run(
         depth, window_ms = _window_depth(path, topics, model, config)
         model = PrecomputedVideoModel(model, depth)
     pipeline = Pipeline(pipeline_config_for(config.pipeline, spec, align), model=model)
+    if config.pipeline.field_of_view.mode != 'off':  # off means every pixel, as asked
+        pipeline.field_of_view.set_fixed(view)
     oracle = model if isinstance(model, GroundTruthModel) else None
     pending: dict[int, FrameRecord] = {}
     records: list[FrameRecord] = []
@@ -489,6 +556,7 @@ def evaluate_run(
             if window_ms:
                 record.timings_ms['model'] = record.timings_ms.get('model', 0.0) + window_ms
             record.runtime_ms = float(sum(out.timings_ms.values()))
+            record.view = out.view
             if out.pose is not None and out.pose.valid:
                 record.est_pose = np.asarray(out.pose.pose, dtype=np.float64)
             records.append(record)
@@ -496,7 +564,7 @@ def evaluate_run(
                 output_bag.write(out)
 
     for frame in bags.read_frames(path, topics, start=config.start, stop=config.stop,
-                                  stride=config.stride):
+                                  stride=config.stride, intrinsics=config.camera):
         if frame.depth_gt is not None and frame.depth_gt.shape != frame.rgb.shape[:2]:
             raise BadInputError(
                 f'{path}: ground-truth depth of frame {frame.index} is '
@@ -512,7 +580,11 @@ def evaluate_run(
         pending[frame.stamp_ns] = FrameRecord(
             index=frame.index, stamp_ns=frame.stamp_ns, depth=None, gt_depth=frame.depth_gt,
             gt_pose=frame.pose_gt, rgb=frame.rgb)
-        collect(pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns))
+        if frame.kinematics is not None:
+            pipeline.add_kinematics(*frame.kinematics)
+        stereo = (StereoPair(frame.right_rgb, frame.baseline_m)
+                  if frame.right_rgb is not None else None)
+        collect(pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns, stereo=stereo))
         if progress is not None:
             progress.update(1)
     collect(pipeline.flush())
@@ -527,7 +599,8 @@ def evaluate_run(
 
     label = f'{spec.label} [{video_mode}]' if video_mode else spec.label
     result = RunResult(bag=str(path), model=label, align=pipeline.aligner.config.mode,
-                       protocol=config.protocol, output_kind=model.output_kind)
+                       protocol=config.protocol, output_kind=model.output_kind,
+                       gt_units=config.gt_units if config.gt_units != 'auto' else 'metric')
     score_records(result, records, intrinsics, config)
     result.summary['fps'] = len(records) / wall_s if wall_s > 0 and records else None
     return result
@@ -546,8 +619,15 @@ def score_records(
         records: the frames in bag order; ``depth`` None marks a frame without output.
         intrinsics: the camera (for TAE), None if no frame was read.
         config: scoring protocol, depth range and number of contact-sheet frames.
+
+    Raises:
+        BagError: the recording has ground-truth depth but the depth range or the field
+            of view leaves no pixel of it to score (the message says which).
     """
-    lo, hi = config.min_depth, config.max_depth
+    units = config.gt_units if config.gt_units != 'auto' else 'metric'
+    result.gt_units = units
+    lo, hi = scoring_range(records, config, units)
+    result.depth_range = (lo, hi)
     out = [r for r in records if r.depth is not None]
     # (record, prediction, ground truth) of frames with both, typed without Optionals.
     scored = [(r, r.depth, r.gt_depth) for r in records
@@ -576,12 +656,14 @@ def score_records(
     errors: list[dict[str, float] | None] = []
     if scored:
         fits = metrics.fit_alignment([p for _, p, _ in scored], [g for _, _, g in scored],
-                                     config.protocol, min_depth=lo, max_depth=hi)
+                                     config.protocol, min_depth=lo, max_depth=hi,
+                                     masks=_views([(r, g) for r, _, g in scored]))
         for (record, pred, gt), fit in zip(scored, fits, strict=True):
             err = None
             if fit is not None:
                 aligned[id(record)] = fit.apply(pred)
-                err = metrics.depth_errors(gt, aligned[id(record)], min_depth=lo, max_depth=hi)
+                err = metrics.depth_errors(gt, aligned[id(record)], min_depth=lo, max_depth=hi,
+                                           mask=_view_of(record, gt))
             errors.append(err)
         for key in metrics.DEPTH_METRICS:
             column: list[float | int | None] = [None] * n
@@ -593,6 +675,8 @@ def score_records(
             summary.update(mean)
     result.frames_scored = sum(e is not None for e in errors)
     result.frames_dropped = len(records) - result.frames_scored
+    if scored and result.frames_scored == 0:
+        raise BagError(f'{result.bag}: {_why_nothing_scored(scored, lo, hi, units)}')
 
     summary['tae'] = None
     with_pose = [(r, p, g, r.gt_pose) for r, p, g in scored if r.gt_pose is not None]
@@ -600,11 +684,13 @@ def score_records(
         tae_protocol = 'sequence-median' if config.protocol == 'median' else config.protocol
         seq_fit = metrics.fit_alignment([p for _, p, _, _ in with_pose],
                                         [g for _, _, g, _ in with_pose], tae_protocol,
-                                        min_depth=lo, max_depth=hi)
+                                        min_depth=lo, max_depth=hi,
+                                        masks=_views([(r, g) for r, _, g, _ in with_pose]))
         depths = [np.full(p.shape, np.nan, np.float32) if f is None else f.apply(p)
                   for (_, p, _, _), f in zip(with_pose, seq_fit, strict=True)]
         pairs = metrics.temporal_alignment_errors(
-            depths, [pose for _, _, _, pose in with_pose], intrinsics, min_depth=lo, max_depth=hi)
+            depths, [pose for _, _, _, pose in with_pose], intrinsics, min_depth=lo, max_depth=hi,
+            masks=_views([(r, g) for r, _, g, _ in with_pose]))
         column = [None] * n
         for (record, _, _, _), value in zip(with_pose[1:], pairs, strict=True):
             column[position[id(record)]] = float(value) if np.isfinite(value) else None
@@ -639,7 +725,8 @@ def _score_trajectory(
     position: dict[int, int],
 ) -> None:
     """ATE (Sim(3) and SE(3)) and RPE on frames with both a valid estimate and ground truth."""
-    for key in ('ate', 'ate_se3', 'traj_scale', 'rpe_trans', 'rpe_rot'):
+    for key in ('ate', 'ate_se3', 'traj_scale', 'rpe_trans', 'rpe_rot', 'path_length',
+                'ate_rel', 'rpe_rel'):
         summary[key] = None
     both = [(r, r.est_pose, r.gt_pose) for r in records
             if r.est_pose is not None and r.gt_pose is not None]
@@ -651,6 +738,7 @@ def _score_trajectory(
     errors = metrics.aligned_position_errors(est, gt, with_scale=True)
     summary['ate'] = float(np.sqrt(np.mean(errors**2)))
     summary['ate_se3'] = metrics.absolute_trajectory_error(est, gt, with_scale=False)
+    summary['path_length'] = float(np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1).sum())
     summary['traj_scale'] = s
     trans, rot = metrics.relative_pose_error(est, gt, scale=s)
     summary['rpe_trans'] = float(trans.mean())
@@ -661,6 +749,79 @@ def _score_trajectory(
     per_frame['ate'] = column
     result.trajectory_est = metrics.align_trajectory(est, gt, with_scale=True)[:, :3, 3]
     result.trajectory_gt = gt[:, :3, 3]
+    # Scale-free trajectories are compared relative to their own size.
+    steps = np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1)
+    length = float(steps.sum())
+    mean_step = float(steps.mean()) if steps.size else 0.0
+    summary['ate_rel'] = float(np.sqrt(np.mean(errors**2))) / length if length > 0 else None
+    summary['rpe_rel'] = float(trans.mean()) / mean_step if mean_step > 0 else None
+
+
+def scoring_range(records: Sequence[FrameRecord], config: EvalConfig,
+                  units: str) -> tuple[float, float]:
+    """The depth range to score: the configured one, or the ground truth's own range.
+
+    With scale-free ground truth and ``range_from_gt``, metre defaults mean nothing, so
+    the range is the smallest to the largest positive finite ground-truth depth.
+    """
+    if units != 'relative' or not config.range_from_gt:
+        return config.min_depth, config.max_depth
+    lo, hi = math.inf, 0.0
+    for r in records:
+        if r.gt_depth is None:
+            continue
+        with np.errstate(invalid='ignore'):
+            values = r.gt_depth[np.isfinite(r.gt_depth) & (r.gt_depth > 0)]
+        if values.size:
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    if not hi > lo:
+        return config.min_depth, config.max_depth
+    return lo, hi
+
+
+def _view_of(record: FrameRecord, gt: np.ndarray) -> np.ndarray | None:
+    """The record's field of view, if it matches the ground truth's size."""
+    view = record.view
+    return view if view is not None and view.shape == gt.shape else None
+
+
+def _views(pairs: Sequence[tuple[FrameRecord, np.ndarray]]) -> list[np.ndarray] | None:
+    """Per frame the field of view (all True where none), or None when no frame has one."""
+    views = [_view_of(r, g) for r, g in pairs]
+    if all(v is None for v in views):
+        return None
+    return [np.ones(g.shape, bool) if v is None else v
+            for v, (_, g) in zip(views, pairs, strict=True)]
+
+
+def _why_nothing_scored(scored: Sequence[tuple[FrameRecord, np.ndarray, np.ndarray]],
+                        lo: float, hi: float, units: str) -> str:
+    """One line explaining why no ground-truth pixel was scored."""
+    unit = units_label(units)
+    valid = in_range = in_view = 0
+    g_lo, g_hi = math.inf, -math.inf
+    for record, _pred, gt in scored:
+        with np.errstate(invalid='ignore'):
+            finite = np.isfinite(gt) & (gt > 0)
+            ranged = finite & (gt >= lo) & (gt <= hi)
+        valid += int(finite.sum())
+        in_range += int(ranged.sum())
+        view = _view_of(record, gt)
+        in_view += int((ranged & view).sum()) if view is not None else int(ranged.sum())
+        if finite.any():
+            g_lo, g_hi = min(g_lo, float(gt[finite].min())), max(g_hi, float(gt[finite].max()))
+    if valid == 0:
+        return 'the ground-truth depth has no valid (finite, positive) pixel.'
+    if in_range == 0:
+        hint = (' (scale-free ground truth: omit --min-depth/--max-depth to use its own range)'
+                if units == 'relative' else
+                ' (is it scale-free? pass --gt-units relative)')
+        return (f'no ground-truth depth pixel is in the evaluation range {lo:.4g}-{hi:.4g} '
+                f'{unit}: the ground truth spans {g_lo:.4g}-{g_hi:.4g} {unit}{hint}.')
+    if in_view == 0:
+        return (f'all {in_range} ground-truth pixels in range lie outside the field of view '
+                '(check the view mask, or disable it with --fov off).')
+    return 'no frame has a valid prediction where the ground truth is (the model output is NaN).'
 
 
 def _pick_samples(
@@ -676,7 +837,8 @@ def _pick_samples(
         if r.rgb is None or r.depth is None:
             continue
         samples.append(Sample(index=r.index, rgb=r.rgb,
-                              depth=aligned.get(id(r), r.depth), gt_depth=r.gt_depth))
+                              depth=aligned.get(id(r), r.depth), gt_depth=r.gt_depth,
+                              view=r.view))
     return samples
 
 
@@ -689,9 +851,9 @@ class OutputBag:
     ``/pose`` (PoseStamped in ``odom``, valid estimates only).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
         self.path = Path(path)
-        self._bag = bags.BagWriter(self.path, overwrite=True, topics=(
+        self._bag = bags.BagWriter(self.path, overwrite=overwrite, topics=(
             (bags.TOPIC_IMAGE, bags.IMAGE_TYPE),
             (bags.TOPIC_CAMERA_INFO, bags.CAMERA_INFO_TYPE),
             ('/depth/image', bags.IMAGE_TYPE),

@@ -33,7 +33,9 @@ from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, ConfigError
 
 #: Keys of the dict returned by ``depth_errors``, in the papers' table order.
-DEPTH_METRICS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3')
+DEPTH_METRICS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3', 'acc_2cm')
+#: EndoSynth's metric accuracy: a pixel is right when within this distance (metres).
+ACC_DISTANCE_M = 0.02
 #: Scoring alignment protocols understood by ``align_depth``.
 PROTOCOLS = ('none', 'median', 'sequence-median', 'sequence-affine', 'sequence-mad')
 #: Protocols that fit one alignment for the whole sequence.
@@ -104,7 +106,8 @@ def depth_errors(
     Returns:
         ``{'abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'a2', 'a3'}`` as floats: AbsRel =
         mean(|g-p|/g), SqRel = mean((g-p)²/g) (metres), RMSE (metres), RMSE of log depth,
-        δ_k = mean(max(g/p, p/g) < 1.25^k); ``None`` when no pixel is valid.
+        δ_k = mean(max(g/p, p/g) < 1.25^k), acc_2cm = mean(|g-p| < 2 cm) (EndoSynth;
+        meaningful for metric depth); ``None`` when no pixel is valid.
 
     Raises:
         BadInputError: shapes differ (reason ``'size_mismatch'``).
@@ -129,6 +132,7 @@ def depth_errors(
         'a1': float(np.mean(thresh < 1.25)),
         'a2': float(np.mean(thresh < 1.25**2)),
         'a3': float(np.mean(thresh < 1.25**3)),
+        'acc_2cm': float(np.mean(np.abs(diff) < ACC_DISTANCE_M)),
     }
 
 

@@ -229,6 +229,7 @@ class _Frame:
     gray: np.ndarray
     intrinsics: Intrinsics
     pose: np.ndarray
+    view: np.ndarray | None = None  # (H, W) bool field of view (features only inside)
 
 
 @dataclass
@@ -274,12 +275,15 @@ class VisualOdometry:
         """The latest ``T_odom_camera`` (a copy)."""
         return self._pose.copy()
 
-    def track(self, rgb: np.ndarray, intrinsics: Intrinsics) -> PoseEstimate:
+    def track(self, rgb: np.ndarray, intrinsics: Intrinsics, *,
+              view: np.ndarray | None = None) -> PoseEstimate:
         """Locate a new frame against the current keyframe.
 
         Args:
             rgb: (H, W, 3) uint8 RGB or (H, W) uint8 grey image, H/W as ``intrinsics``.
             intrinsics: the camera of this image (distortion honoured).
+            view: (H, W) bool field of view (``masks``); features are detected only
+                inside it. None: the whole image.
 
         Returns:
             The frame's pose in odom. On failure the last pose is held with
@@ -293,7 +297,8 @@ class VisualOdometry:
         if not self.config.enabled:
             return PoseEstimate(np.eye(4), False, self._lost_covariance(), state='init')
         self._frames += 1
-        frame = _Frame(gray=gray, intrinsics=intrinsics, pose=self._pose.copy())
+        frame = _Frame(gray=gray, intrinsics=intrinsics, pose=self._pose.copy(),
+                       view=view if view is None or view.shape == gray.shape else None)
         previous, self._last = self._last, frame
         self._depth_used = False
 
@@ -553,6 +558,8 @@ class VisualOdometry:
         gray = frame.gray
         bad = (gray <= self.config.min_intensity) | (gray >= self.config.max_intensity)
         # Grow the excluded areas: corners at their borders move with the light or the lens.
+        if frame.view is not None:
+            bad |= ~frame.view
         grown = cv2.dilate(bad.astype(np.uint8), np.ones((7, 7), np.uint8))
         return np.where(grown == 0, 255, 0).astype(np.uint8)
 

@@ -6,7 +6,8 @@ Per frame: depth model -> visual odometry -> temporal alignment -> point cloud::
     est = odometry.track(rgb, intrinsics)        # pose against the reference keyframe
     aligned = aligner.push(raw, pose=est.pose)   # metric-ish, temporally consistent depth
     odometry.set_reference_depth(aligned.depth)  # so this frame can become a keyframe
-    cloud = make_cloud(aligned.depth, intrinsics)
+    depth, pose = scale.apply(aligned.depth, ...) # metric from stereo / kinematics (scale.py)
+    cloud = make_cloud(depth, intrinsics)
 
 Odometry runs before alignment so the aligner can reproject earlier frames with the
 tracked pose. In ``window`` alignment mode the aligner returns frames with a latency
@@ -30,12 +31,15 @@ from endo_depth_ros import models
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, ConfigError
 from endo_depth_ros.geometry import CloudConfig, PointCloud, make_cloud
+from endo_depth_ros.masks import FieldOfView, FieldOfViewConfig
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig, PoseEstimate, VisualOdometry
+from endo_depth_ros.scale import MetricScale, ScaleConfig, StereoPair
 from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAligner
 
-#: Names of the per-stage timings in ``FrameResult.timings_ms``.
-STAGES = ('model', 'odometry', 'alignment', 'geometry')
+#: Names of the per-stage timings in ``FrameResult.timings_ms`` (``scale`` only with a
+#: scale source or kinematic poses configured, see ``endo_depth_ros.scale``).
+STAGES = ('model', 'odometry', 'alignment', 'scale', 'geometry')
 #: Values of ``ModelConfig.video_alignment``.
 VIDEO_ALIGNMENTS = ('scale', 'aligner')
 
@@ -104,6 +108,8 @@ class PipelineConfig:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    field_of_view: FieldOfViewConfig = field(default_factory=FieldOfViewConfig)
 
 
 @dataclass
@@ -125,6 +131,8 @@ class FrameResult:
         scale: scale of the alignment applied to ``raw``.
         shift: shift of the alignment applied to ``raw``.
         timings_ms: wall time per stage (keys from ``STAGES``), milliseconds.
+        view: (H, W) bool field of view of the endoscope (``masks``); ``raw``, ``depth``
+            and the cloud are NaN / empty outside it. None: every pixel is in view.
     """
 
     index: int
@@ -140,6 +148,7 @@ class FrameResult:
     scale: float = 1.0
     shift: float = 0.0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    view: np.ndarray | None = None
 
     @property
     def points(self) -> np.ndarray | None:
@@ -164,6 +173,8 @@ class _InFlight:
     compute_pose: bool
     timings_ms: dict[str, float]
     estimate: PoseEstimate | None = None
+    stereo: StereoPair | None = None
+    view: np.ndarray | None = None
 
 
 class Pipeline:
@@ -185,6 +196,8 @@ class Pipeline:
         alignment = alignment_for_model(self.model, self.config)
         self.aligner = TemporalAligner(alignment)
         self.odometry = VisualOdometry(self.config.odometry)
+        self.scale = MetricScale(self.config.scale)
+        self.field_of_view = FieldOfView(self.config.field_of_view)
         self._windowed = alignment.mode == 'window'
         # Window mode: a stream aligner gives each frame a depth on arrival (for odometry).
         self._provisional = (TemporalAligner(replace(alignment, mode='stream', blend=0.0))
@@ -220,6 +233,7 @@ class Pipeline:
         *,
         compute_points: bool = True,
         compute_pose: bool = True,
+        stereo: StereoPair | None = None,
     ) -> list[FrameResult]:
         """Run one frame through the pipeline.
 
@@ -229,6 +243,7 @@ class Pipeline:
             stamp_ns: capture time (ns); must not go backwards.
             compute_points: build the point cloud (skip it when nobody needs it).
             compute_pose: run visual odometry (skip it when nobody needs it).
+            stereo: the right image of a rectified pair (``scale.source='stereo'``).
 
         Returns:
             The frames completed by this call, oldest first: exactly this frame in
@@ -250,6 +265,10 @@ class Pipeline:
         start = time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
         self._pad_model_time(start)
+        view = self.field_of_view.update(rgb)
+        if view is not None:
+            # The network's guesses for the dark surround must reach no later stage.
+            raw = np.where(view, raw, np.float32(np.nan)).astype(np.float32, copy=False)
         timings['model'] = _ms_since(start)
 
         results: list[FrameResult] = []
@@ -264,15 +283,15 @@ class Pipeline:
         self._next_index += 1
 
         if not self._windowed:
-            estimate = self._track(rgb, intrinsics, compute_pose, timings)
+            estimate = self._track(rgb, intrinsics, compute_pose, timings, view)
             start = time.perf_counter()
             aligned = self.aligner.push(
                 raw, output_kind=self.model.output_kind,
                 pose=estimate.pose if estimate is not None and estimate.valid else None,
-                intrinsics=intrinsics, stamp_ns=stamp_ns)
+                intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
             timings['alignment'] = _ms_since(start)
             frame = _InFlight(stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose,
-                              timings)
+                              timings, stereo=stereo, view=view)
             for out in aligned:
                 results.append(self._finish(index, frame, out, estimate))
             return results
@@ -280,7 +299,7 @@ class Pipeline:
         # Window mode: odometry runs as each frame arrives, on a provisional depth (the
         # frame aligned online, as in stream mode), so that the window fits get poses and
         # can reproject their references instead of mistaking motion for scale changes.
-        estimate = self._track(rgb, intrinsics, compute_pose, timings)
+        estimate = self._track(rgb, intrinsics, compute_pose, timings, view)
         pose = None
         if estimate is not None:
             start = time.perf_counter()
@@ -288,10 +307,11 @@ class Pipeline:
             timings['odometry'] += _ms_since(start)
             pose = estimate.pose if estimate.valid else None
         self._in_flight[index] = _InFlight(
-            stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate)
+            stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate,
+            stereo, view)
         start = time.perf_counter()
         aligned = self.aligner.push(raw, output_kind=self.model.output_kind, pose=pose,
-                                    intrinsics=intrinsics, stamp_ns=stamp_ns)
+                                    intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
         # The window's alignment cost is charged to the frame that triggered it.
         timings['alignment'] = timings.get('alignment', 0.0) + _ms_since(start)
         results.extend(self._finish_windowed(aligned))
@@ -317,9 +337,19 @@ class Pipeline:
         return results
 
     def reset(self) -> None:
-        """Forget the stream (buffers, keyframes, odometry, stamp order); keep the model."""
+        """Forget the stream (buffers, keyframes, odometry, stamp order, field of view);
+        keep the model."""
         self._restart()
         self._camera = None
+        self.field_of_view.reset()
+
+    def add_kinematics(self, stamp_ns: int, pose: np.ndarray) -> None:
+        """One sample of the robot's camera pose ``T_base_camera`` (4x4, metres).
+
+        Raises:
+            BadInputError: reason ``'kinematics'`` for a pose that is not a finite 4x4.
+        """
+        self.scale.add_kinematics(stamp_ns, pose)
 
     # ------------------------------------------------------------------ internals
 
@@ -330,6 +360,7 @@ class Pipeline:
         if self._provisional is not None:
             self._provisional.reset()
         self.odometry.reset()
+        self.scale.reset()
         self._in_flight.clear()
         self._next_index = 0
         self._last_stamp_ns = None
@@ -359,11 +390,11 @@ class Pipeline:
             time.sleep(remaining)
 
     def _track(self, rgb: np.ndarray, intrinsics: Intrinsics, compute_pose: bool,
-               timings: dict[str, float]) -> PoseEstimate | None:
+               timings: dict[str, float], view: np.ndarray | None) -> PoseEstimate | None:
         if not compute_pose or not self.config.odometry.enabled:
             return None
         start = time.perf_counter()
-        estimate = self.odometry.track(rgb, intrinsics)
+        estimate = self.odometry.track(rgb, intrinsics, view=view)
         timings['odometry'] = _ms_since(start)
         self._last_pose = estimate
         return estimate
@@ -371,21 +402,31 @@ class Pipeline:
     def _finish(self, index: int, frame: _InFlight, aligned: AlignedFrame,
                 estimate: PoseEstimate | None, *, reference: bool = True) -> FrameResult:
         """Attach the aligned depth to odometry (``reference``) and build the cloud."""
+        depth = aligned.depth
+        if frame.view is not None:
+            depth = np.where(frame.view, depth, np.float32(np.nan)).astype(np.float32, copy=False)
         if estimate is not None and reference:
             # The reference depth must be the aligned one, so odometry and clouds share scale.
             start = time.perf_counter()
-            self.odometry.set_reference_depth(aligned.depth)
+            self.odometry.set_reference_depth(depth)
             frame.timings_ms['odometry'] += _ms_since(start)
+        if self.scale.active:
+            # Depth, cloud and pose translations all take the same metric scale.
+            start = time.perf_counter()
+            depth, estimate = self.scale.apply(depth, frame.rgb, frame.intrinsics,
+                                               frame.stamp_ns, estimate, frame.stereo)
+            frame.timings_ms['scale'] = _ms_since(start)
         cloud = None
         if frame.compute_points:
             start = time.perf_counter()
-            cloud = make_cloud(aligned.depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb)
+            cloud = make_cloud(depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb,
+                               mask=frame.view)
             frame.timings_ms['geometry'] = _ms_since(start)
         return FrameResult(
             index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
-            raw=frame.raw, output_kind=self.model.output_kind, depth=aligned.depth, cloud=cloud,
+            raw=frame.raw, output_kind=self.model.output_kind, depth=depth, cloud=cloud,
             pose=estimate, fallback=bool(aligned.fallback), scale=float(aligned.scale),
-            shift=float(aligned.shift), timings_ms=frame.timings_ms)
+            shift=float(aligned.shift), timings_ms=frame.timings_ms, view=frame.view)
 
     def _finish_windowed(self, aligned: list[AlignedFrame]) -> list[FrameResult]:
         results = []

@@ -1,6 +1,6 @@
 """Evaluation outputs: ``results.json``, a Markdown report and PNG figures.
 
-``write_report(results, out_dir)`` writes, for the runs of ``endo_depth_ros.evaluation``
+``write_report(results, out)`` writes, for the runs of ``endo_depth_ros.evaluation``
 (offline or live):
 
 - ``results.json``: per run the summary metrics (SI units: metres, degrees, ms), the
@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from endo_depth_ros.evaluation import RunResult
+from endo_depth_ros.outputs import OutputFolder
 from endo_depth_ros.visualize import colorize_depth, turbo
 
 #: Relative error shown as the hottest colour of the error map.
@@ -38,29 +39,31 @@ _DASH = '–'
 
 def write_report(
     results: Sequence[RunResult],
-    out_dir: str | Path,
+    out: OutputFolder | str | Path,
     *,
     settings: dict[str, object] | None = None,
 ) -> Path:
-    """Write ``results.json``, ``report.md`` and the figures into ``out_dir``.
+    """Write ``results.json``, ``report.md`` and the figures into the folder ``out``.
 
     Args:
         results: the evaluated runs.
-        out_dir: output folder (created if needed).
+        out: output folder (created if needed). A plain path must be new or empty; an
+            ``OutputFolder`` carries the command's ``--overwrite`` choice. Files are never
+            written through symlinks (see ``endo_depth_ros.outputs``).
         settings: run settings recorded in ``results.json`` and the report header
             (protocol, depth range, command line, ...).
 
     Returns:
         The path of ``report.md``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = out if isinstance(out, OutputFolder) else OutputFolder(out, overwrite=False)
+    folder.create()
     settings = dict(settings or {})
-    write_results_json(results, out / 'results.json', settings=settings)
+    write_results_json(results, folder.file('results.json'), settings=settings)
 
     figures: list[tuple[str, str]] = []
     if results:
-        plot_per_frame(results, out / 'per_frame.png')
+        plot_per_frame(results, folder.file('per_frame.png'))
         figures.append(('Per-frame AbsRel, TAE and runtime', 'per_frame.png'))
     bags = _unique([r.bag for r in results])
     for bag in bags:
@@ -68,12 +71,12 @@ def write_report(
         if runs:
             name = f'trajectory_{_slug(Path(bag).stem)}.png' if len(bags) > 1 \
                 else 'trajectory.png'
-            plot_trajectory(runs, out / name)
+            plot_trajectory(runs, folder.file(name))
             figures.append((f'Trajectory ({Path(bag).name})', name))
     for result in results:
         if result.samples:
             name = f'contact_{_run_slug(result, len(bags) > 1)}.png'
-            plot_contact_sheet(result, out / name)
+            plot_contact_sheet(result, folder.file(name))
             figures.append((f'Contact sheet: {result.label}', name))
 
     lines = ['# Depth evaluation', '']
@@ -81,7 +84,8 @@ def write_report(
         lines.append(f'- bag: `{bag}`')
     for key, value in settings.items():
         lines.append(f'- {key}: `{value}`')
-    lines += ['', markdown_table(results), '', _UNITS_NOTE, '']
+    note = _UNITS_NOTE if all(r.gt_units == 'metric' for r in results) else _RELATIVE_NOTE
+    lines += ['', markdown_table(results), '', note, '']
     live = [r for r in results if r.mode == 'live']
     if live:
         lines += ['## Live replay', '', live_table(live), '']
@@ -93,7 +97,7 @@ def write_report(
         lines += ['## Figures', '']
         for title, name in figures:
             lines += [f'### {title}', '', f'![{title}]({name})', '']
-    path = out / 'report.md'
+    path = folder.file('report.md')
     path.write_text('\n'.join(lines))
     return path
 
@@ -106,8 +110,18 @@ _UNITS_NOTE = (
     'without output are dropped from the means).')
 
 
+_RELATIVE_NOTE = (
+    'Some ground truth is scale-free (gt units "relative"): SqRel and RMSE are in its own '
+    'units ("u"), never metres; ATE is given as a percentage of the ground-truth path length '
+    'and RPE translation as a percentage of the mean ground-truth step (metric runs: mm). '
+    'AbsRel, RMSE log and δ are unitless; TAE = temporal alignment error ×100; RPE rotation '
+    'in degrees per frame. Frames: scored / total.')
+
+
 def markdown_table(results: Sequence[RunResult]) -> str:
     """The papers' table, one row per run (Markdown)."""
+    if any(r.gt_units != 'metric' for r in results):
+        return _unit_aware_table(results)
     multi_bag = len(_unique([r.bag for r in results])) > 1
     header = ['Model', 'Align', 'AbsRel ↓', 'SqRel (mm) ↓', 'RMSE (mm) ↓', 'RMSE log ↓',
               'δ<1.25 ↑', 'δ<1.25² ↑', 'δ<1.25³ ↑', 'TAE ↓', 'ATE (mm) ↓',
@@ -133,13 +147,65 @@ def markdown_table(results: Sequence[RunResult]) -> str:
     return _markdown(header, rows)
 
 
+def _unit_aware_table(results: Sequence[RunResult]) -> str:
+    """The table when some ground truth is scale-free: every cell carries its unit."""
+    header = ['Bag', 'Model', 'Align', 'AbsRel ↓', 'SqRel ↓', 'RMSE ↓', 'RMSE log ↓',
+              'δ<1.25 ↑', 'TAE ↓', 'ATE ↓', 'RPE ↓', 'Frames', 'ms/frame']
+    rows = []
+    for r in results:
+        s = r.summary
+        metric = r.gt_units == 'metric'
+        factor, unit = (1e3, ' mm') if metric else (1.0, ' u')
+
+        def with_unit(key: str, digits: int, factor: float = factor, unit: str = unit,
+                      s: dict[str, float | None] = s) -> str:
+            text = _fmt(s.get(key), digits, factor)
+            return text if text == _DASH else text + unit
+        if metric:
+            ate, rpe = with_unit('ate', 2), with_unit('rpe_trans', 3)
+        else:
+            ate = with_unit('ate_rel', 2, 100.0, ' % path')
+            rpe = with_unit('rpe_rel', 1, 100.0, ' % step')
+        rows.append([Path(r.bag).name, r.model + (' (live)' if r.mode == 'live' else ''),
+                     r.align, _fmt(s.get('abs_rel'), 3), with_unit('sq_rel', 3),
+                     with_unit('rmse', 3 if not metric else 2), _fmt(s.get('rmse_log'), 3),
+                     _fmt(s.get('a1'), 3), _fmt(s.get('tae'), 2), ate, rpe,
+                     f'{r.frames_scored} / {r.frames_total}', _fmt(s.get('ms_per_frame'), 1)])
+    return _markdown(header, rows)
+
+
 def results_tables(results: Sequence[RunResult]) -> str:
     """``markdown_table`` of all runs, then ``live_table`` of the live ones if any (Markdown)."""
     text = markdown_table(results)
+    metric = [r for r in results if r.protocol == 'none']
+    if metric:
+        text += '\n\n' + metric_table(metric)
     live = [r for r in results if r.mode == 'live']
     if live:
         text += '\n\n' + live_table(live)
     return text
+
+
+def metric_table(results: Sequence[RunResult]) -> str:
+    """Metric depth and trajectory (``--protocol none``): what a robot gets (Markdown).
+
+    acc@2cm is EndoSynth's fraction of pixels within 2 cm; the ATE here is after a rigid
+    (SE(3)) alignment only, so a wrong scale shows, also as a percentage of the path.
+    """
+    header = ['Model', 'Align', 'AbsRel ↓', 'RMSE (mm) ↓', 'δ<1.25 ↑', 'acc@2cm ↑',
+              'ATE SE(3) (mm) ↓', 'path (mm)', 'ATE / path ↓']
+    rows = []
+    for r in results:
+        s = r.summary
+        ate, path = s.get('ate_se3'), s.get('path_length')
+        share = _DASH
+        if isinstance(ate, float) and isinstance(path, float) and path > 0:
+            share = f'{100 * ate / path:.2f} %'
+        rows.append([r.model + (' (live)' if r.mode == 'live' else ''), r.align,
+                     _fmt(s.get('abs_rel'), 3), _fmt(s.get('rmse'), 2, 1e3),
+                     _fmt(s.get('a1'), 3), _fmt(s.get('acc_2cm'), 3), _fmt(ate, 2, 1e3),
+                     _fmt(path, 1, 1e3), share])
+    return _markdown(header, rows)
 
 
 def live_table(results: Sequence[RunResult]) -> str:
@@ -169,13 +235,18 @@ def write_results_json(
             'frames_total': r.frames_total, 'frames_scored': r.frames_scored,
             'frames_dropped': r.frames_dropped, 'fallbacks': r.fallbacks,
             'has_gt_depth': r.has_gt_depth, 'has_gt_pose': r.has_gt_pose,
+            'gt_units': r.gt_units, 'depth_range': list(r.depth_range),
             'metrics': r.summary, 'stage_ms': r.stage_ms, 'per_frame': r.per_frame,
             'trajectory': None if r.trajectory_est is None or r.trajectory_gt is None else {
                 'est_aligned_m': r.trajectory_est.tolist(), 'gt_m': r.trajectory_gt.tolist()},
         })
     doc = {
         'units': {'depth': 'm', 'sq_rel': 'm', 'rmse': 'm', 'ate': 'm', 'rpe_trans': 'm',
-                  'rpe_rot': 'deg', 'tae': 'AbsRel x100', 'runtime': 'ms'},
+                  'rpe_rot': 'deg', 'tae': 'AbsRel x100', 'runtime': 'ms',
+                  'ate_rel': 'fraction of the ground-truth path length',
+                  'rpe_rel': 'fraction of the mean ground-truth step',
+                  'note': "runs with gt_units 'relative': lengths in the ground truth's "
+                          'own units, not metres'},
         'settings': settings or {},
         'runs': runs,
     }
@@ -234,13 +305,19 @@ def plot_contact_sheet(result: RunResult, path: str | Path) -> None:
         for col, image in enumerate(images):
             ax = axes[row, col]
             ax.imshow(image, interpolation='nearest')
+            if sample.view is not None and not sample.view.all():
+                # The field of view every metric is restricted to.
+                ax.contour(sample.view.astype(np.float32), levels=[0.5], colors='white',
+                           linewidths=0.8, linestyles='dashed')
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize='small')
         axes[row, 0].set_ylabel(f'frame {sample.index}', fontsize='small')
+    view_note = ('; dashed: field of view'
+                 if any(s.view is not None and not s.view.all() for s in samples) else '')
     fig.suptitle(f'{result.label} ({result.protocol} scoring; depth colours '
-                 'turbo, near = red)', fontsize='small')
+                 f'turbo, near = red{view_note})', fontsize='small')
     fig.savefig(path, dpi=100)
 
 

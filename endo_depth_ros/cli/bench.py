@@ -11,11 +11,13 @@ from endo_depth_ros.cli.common import run_cli
 
 TOPICS = {
     'synth': 'synthetic video rendering, frames/s',
+    'fov': 'field-of-view detection: IoU and stability over a flight, ms per frame',
     'models': 'depth model backends, ms/frame',
     'align': 'temporal alignment, ms/frame vs model time',
     'geometry': 'depth to point cloud, ms/frame vs model time',
     'odometry': 'visual odometry, frames/s and trajectory error',
     'node': 'node per-stage cost and overhead vs model time',
+    'scale': 'metric scale from stereo / kinematics: quality, robustness, cost',
 }
 
 

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import fields
 import sys
 from typing import Any
 
 from tqdm import tqdm
 
-from endo_depth_ros import evaluation, metrics, report
+from endo_depth_ros import evaluation, metrics, outputs, report
+from endo_depth_ros.bags import CameraGuess
+from endo_depth_ros.camera import Intrinsics, load_camera_info_yaml, pinhole_for_size
 from endo_depth_ros.cli.common import run_cli
 from endo_depth_ros.errors import ConfigError
+from endo_depth_ros.scale import ScaleConfig
 
 PROG = 'endo-depth-eval'
 
@@ -85,21 +88,42 @@ def build_parser() -> argparse.ArgumentParser:
                             'what it publishes (adds latency, drop and output rates)')
     group.add_argument('--rate', type=float, default=1.0,
                        help='live replay speed factor (default 1.0 = recorded rate)')
+    group.add_argument('--scale-source', choices=('none', 'stereo', 'kinematics'),
+                       default='none', help='metric scale from the right camera or the '
+                       'kinematic pose stream of the bag (default none; see scale.py)')
+    group.add_argument('--scale-param', action='append', default=[], metavar='NAME=VALUE',
+                       help='another scale.* setting, e.g. kinematics_time_offset_s=0.03 '
+                       '(repeatable)')
     group.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                        help='extra node parameter for --live (repeatable)')
     group = parser.add_argument_group('scoring')
     group.add_argument('--protocol', choices=metrics.PROTOCOLS, default='median',
                        help='alignment used for scoring (default median)')
-    group.add_argument('--min-depth', type=float, default=metrics.DEFAULT_MIN_DEPTH,
-                       help='evaluation range minimum in metres (default 0.001)')
-    group.add_argument('--max-depth', type=float, default=metrics.DEFAULT_MAX_DEPTH,
-                       help='evaluation range cap in metres (default 0.15)')
+    group.add_argument('--min-depth', type=float, default=None,
+                       help='evaluation range minimum in ground-truth units (default 0.001 m; '
+                            "scale-free ground truth: its own minimum)")
+    group.add_argument('--max-depth', type=float, default=None,
+                       help='evaluation range cap in ground-truth units (default 0.15 m; '
+                            "scale-free ground truth: its own maximum)")
+    group.add_argument('--gt-units', choices=('auto', 'metric', 'relative'), default='auto',
+                       help="ground-truth units: 'relative' for scale-free ground truth (SfM); "
+                            'default auto = what the recording says, else metric')
+    group.add_argument('--fov', choices=('auto', 'off'), default='auto',
+                       help="endoscope field-of-view mask: 'auto' detects it (or uses the "
+                            "recording's), 'off' scores every pixel (default auto)")
     group.add_argument('--start', type=int, default=0, help='first frame (default 0)')
     group.add_argument('--frames', type=int, default=0,
                        help='number of frames to use, 0 = all (default 0)')
     group.add_argument('--stride', type=int, default=1, help='use every N-th frame')
     group.add_argument('--contact-frames', type=int, default=4,
                        help='frames on the contact sheet (default 4)')
+    group = parser.add_argument_group(
+        'camera (for recordings without camera info, e.g. EndoSynth samples)')
+    for name in ('fx', 'fy', 'cx', 'cy'):
+        group.add_argument(f'--{name}', type=float, metavar='PX',
+                           help=f'{name} in pixels (give all four)')
+    group.add_argument('--camera-info', metavar='FILE.yaml',
+                       help='ROS camera_info YAML (camera_calibration format)')
     group = parser.add_argument_group('topics (auto-detected by type and name)')
     for name in ('image', 'camera-info', 'depth', 'pose'):
         group.add_argument(f'--{name}-topic', metavar='TOPIC')
@@ -109,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--write-bag', metavar='PATH',
                        help="also write the pipeline's outputs as a bag (offline runs, "
                             'first model and mode) for RViz / Foxglove')
+    group.add_argument('--overwrite', action='store_true',
+                       help='replace the files this command writes in a non-empty --out and '
+                            'an existing --write-bag recording (never an input)')
     group.add_argument('--no-progress', action='store_true', help='no progress bars')
     return parser
 
@@ -125,16 +152,67 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     base = replace(base, model=replace(base.model, device=args.device,
                                        input_size=args.input_size,
                                        video_alignment=args.video_alignment))
+    base = replace(base, scale=scale_config(args.scale_source, args.scale_param))
+    if args.fov == 'off':
+        base = replace(base, field_of_view=replace(base.field_of_view, mode='off'))
     topics = {key: value for key, value in (
         ('image', args.image_topic), ('camera_info', args.camera_info_topic),
         ('depth', args.depth_topic), ('pose', args.pose_topic)) if value}
     return evaluation.EvalConfig(
         models=tuple(args.models or [evaluation.ModelSpec('photometric')]),
         align_modes=tuple(dict.fromkeys(args.align_modes or ['stream'])),
-        protocol=args.protocol, min_depth=args.min_depth, max_depth=args.max_depth,
+        protocol=args.protocol,
+        min_depth=metrics.DEFAULT_MIN_DEPTH if args.min_depth is None else args.min_depth,
+        max_depth=metrics.DEFAULT_MAX_DEPTH if args.max_depth is None else args.max_depth,
+        range_from_gt=args.min_depth is None and args.max_depth is None,
         start=args.start, frames=args.frames, stride=args.stride, pipeline=base,
-        topics=topics, contact_frames=args.contact_frames,
+        topics=topics, contact_frames=args.contact_frames, gt_units=args.gt_units,
+        camera=camera_from_args(args),
         video_modes=tuple(dict.fromkeys(args.video_modes or ['stream'])))
+
+
+def camera_from_args(args: argparse.Namespace) -> Intrinsics | CameraGuess | None:
+    """The camera given on the command line (None: use the recording's).
+
+    Raises:
+        ConfigError: only some of --fx/--fy/--cx/--cy, or both them and --camera-info.
+        BadInputError: an unreadable or malformed --camera-info file.
+    """
+    values = [args.fx, args.fy, args.cx, args.cy]
+    given = [v is not None for v in values]
+    if any(given) and not all(given):
+        missing = [f'--{n}' for n, g in zip(('fx', 'fy', 'cx', 'cy'), given, strict=True)
+                   if not g]
+        raise ConfigError(f'--fx, --fy, --cx and --cy go together; missing {", ".join(missing)}.')
+    if all(given) and args.camera_info:
+        raise ConfigError('Give either --fx/--fy/--cx/--cy or --camera-info, not both.')
+    if args.camera_info:
+        return load_camera_info_yaml(args.camera_info)
+    if all(given):
+        if args.fx <= 0 or args.fy <= 0:
+            raise ConfigError(f'--fx and --fy must be positive, got {args.fx}, {args.fy}.')
+        return pinhole_for_size(args.fx, args.fy, args.cx, args.cy)
+    return None
+
+
+def scale_config(source: str, params: Sequence[str]) -> ScaleConfig:
+    """``ScaleConfig`` from ``--scale-source`` and ``--scale-param NAME=VALUE`` (typed by
+    the field's default; raises ``ConfigError`` naming a bad one)."""
+    values: dict[str, object] = {'source': source}
+    defaults = ScaleConfig()
+    for item in params:
+        name, sep, text = item.partition('=')
+        if not sep or name not in {f.name for f in fields(ScaleConfig)} or name == 'source':
+            raise ConfigError(f'--scale-param {item!r}: expected NAME=VALUE with NAME one of '
+                              f'{[f.name for f in fields(ScaleConfig)][1:]}.')
+        kind = type(getattr(defaults, name))
+        try:
+            values[name] = (text.lower() in ('1', 'true', 'yes') if kind is bool
+                            else kind(text))
+        except ValueError:
+            raise ConfigError(f'--scale-param {item!r}: {text!r} is not a {kind.__name__}.'
+                              ) from None
+    return ScaleConfig(**values)  # type: ignore[arg-type]
 
 
 def progress_factory(enabled: bool) -> evaluation.ProgressFactory | None:
@@ -152,24 +230,31 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     progress = progress_factory(not args.no_progress)
     settings: dict[str, object] = {
-        'protocol': config.protocol, 'min_depth_m': config.min_depth,
-        'max_depth_m': config.max_depth, 'start': config.start, 'frames': config.frames,
+        'protocol': config.protocol, 'gt_units': config.gt_units,
+        'min_depth_m': config.min_depth, 'max_depth_m': config.max_depth,
+        'range_from_scale_free_gt': config.range_from_gt,
+        'start': config.start, 'frames': config.frames,
         'stride': config.stride, 'mode': 'live' if args.live else 'offline',
     }
     # Fail before the (long) evaluation rather than when writing its report.
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    out = outputs.OutputFolder(args.out, overwrite=args.overwrite, inputs=args.bags)
+    out.create()
     if args.live:
         if args.write_bag:
             raise ConfigError('--write-bag works offline only; record a live run with '
                               '`ros2 bag record` instead.')
         from endo_depth_ros.ros import replay
 
+        scale_params = [f'scale.{f.name}:={getattr(config.pipeline.scale, f.name)}'
+                        for f in fields(ScaleConfig)
+                        if getattr(config.pipeline.scale, f.name) != getattr(ScaleConfig(), f.name)]
         results = replay.evaluate_live(args.bags, config, rate=args.rate,
-                                       node_params=args.node_param, progress=progress)
+                                       node_params=[*scale_params, *args.node_param],
+                                       progress=progress)
     else:
         results = evaluation.evaluate(args.bags, config, progress=progress,
-                                      write_bag=args.write_bag)
-    path = report.write_report(results, args.out, settings=settings)
+                                      write_bag=args.write_bag, overwrite=args.overwrite)
+    path = report.write_report(results, out, settings=settings)
     print(report.results_tables(results))
     print(f'\nreport: {path}')
     return 0

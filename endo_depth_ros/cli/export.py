@@ -21,8 +21,9 @@ import sys
 
 import numpy as np
 
-from endo_depth_ros.cli.common import run_cli
+from endo_depth_ros.cli.common import check_image_size, run_cli
 from endo_depth_ros.errors import ConfigError
+from endo_depth_ros.outputs import prepare_file_output
 
 PROG = 'endo-depth-export'
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--height', type=int, required=True, help='image height (pixels)')
     parser.add_argument('--width', type=int, required=True, help='image width (pixels)')
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing --out file (never the checkpoint)')
     parser.add_argument('--input-size', type=int, default=518,
                         help='short side of the network input (default 518)')
     parser.add_argument('--max-depth', type=float, default=None,
@@ -76,6 +79,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
                           f'{args.input_size}.')
     from endo_depth_ros.models.video_depth_anything import is_video_name
+    check_image_size(args.width, args.height)
+    prepare_file_output(args.out, overwrite=args.overwrite, inputs=[args.checkpoint])
     if is_video_name(args.name):
         return _export_video(args)
     network, output_kind = load_network(args.name, args.checkpoint, max_depth=args.max_depth)

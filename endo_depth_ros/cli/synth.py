@@ -5,6 +5,7 @@ Example::
     endo-depth-synth colon.bag --frames 300 --width 320 --height 256 --seed 1 --instrument
     ros2 bag info colon.bag        # /endoscope/image_raw, camera_info, depth_gt, pose_gt, seg_gt
     endo-depth-synth frames/ --format npz --frames 30 --fov-mask
+    endo-depth-synth real.mcap --endoscope-view --jpeg-quality 70   # real-video artefacts
 
 Writes a rosbag2 directory (MCAP by default, ``--storage sqlite3`` too) or, with
 ``--format npz``, one ``frame_NNNNNN.npz`` per frame (see ``endo_depth_ros.bags``).
@@ -16,11 +17,13 @@ import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 import time
+from typing import Any
 
 from tqdm import tqdm
 
-from endo_depth_ros import bags
+from endo_depth_ros import bags, outputs
 from endo_depth_ros.cli.common import run_cli
+from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 from endo_depth_ros.synth.contact_sheet import save_contact_sheet
 
@@ -64,12 +67,51 @@ def build_parser() -> argparse.ArgumentParser:
                         f'(default {defaults.fold_amplitude:g})')
     parser.add_argument('--noise', type=float, default=defaults.noise,
                         help=f'sensor noise std at mid grey (default {defaults.noise:g})')
+    parser.add_argument('--stereo', type=float, default=0.0, metavar='BASELINE_MM',
+                        help='also render the right camera of a rectified pair this far to the '
+                        'right (mm; /endoscope/right/{image_raw,camera_info,depth_gt})')
+    parser.add_argument('--kinematics-noise', type=float, metavar='SIGMA_M',
+                        help='also publish the camera pose as a robot reports it on '
+                        '/endoscope/kinematics: this translation noise (m), a latency and a '
+                        'small hand-eye error (see synth/stereo.py)')
+    parser.add_argument('--kinematics-latency', type=float,
+                        default=defaults.kinematics_latency_s, metavar='SECONDS',
+                        help='latency of the kinematic stream (default %(default)s s)')
     parser.add_argument('--contact-sheet', type=Path, metavar='PNG',
                         help='also save RGB | depth | segmentation of a few frames as a PNG')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace an existing bag or npz folder at OUT')
+                        help='replace an existing recording at OUT and an existing '
+                             '--contact-sheet file')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    _add_view_arguments(parser, defaults)
     return parser
+
+
+def _add_view_arguments(parser: argparse.ArgumentParser, defaults: SynthConfig) -> None:
+    """Options of the endoscope's view and codec (``synth.view``)."""
+    group = parser.add_argument_group('endoscope view and video codec (synth.view)')
+    group.add_argument('--endoscope-view', action='store_true',
+                       help='soft-edged, off-centre circular view in a noisy black surround')
+    group.add_argument('--view-radius', type=float, default=defaults.view_radius,
+                       help='view radius, fraction of the shorter side '
+                            f'(default {defaults.view_radius:g})')
+    group.add_argument('--view-offset', type=float, nargs=2, metavar=('X', 'Y'),
+                       default=defaults.view_offset,
+                       help='view centre offset, fractions of width/height (default %(default)s)')
+    group.add_argument('--view-edge-px', type=float, default=defaults.view_edge_px,
+                       help='half-width of the soft edge in pixels '
+                            f'(default {defaults.view_edge_px:g})')
+    group.add_argument('--surround-noise', type=float, default=defaults.surround_noise,
+                       help='noise std of the surround in grey levels '
+                            f'(default {defaults.surround_noise:g})')
+    group.add_argument('--jpeg-quality', type=int, default=defaults.jpeg_quality,
+                       help='JPEG-compress every frame at this quality, 0 = off (default 0)')
+
+
+def _view_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {'view_circle': args.endoscope_view, 'view_radius': args.view_radius,
+            'view_offset': tuple(args.view_offset), 'view_edge_px': args.view_edge_px,
+            'surround_noise': args.surround_noise, 'jpeg_quality': args.jpeg_quality}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,10 +124,16 @@ def _run(args: argparse.Namespace) -> int:
         width=args.width, height=args.height, frames=args.frames, seed=args.seed,
         fps=args.fps, speed_mm=args.speed_mm, instrument=args.instrument,
         fov_mask=args.fov_mask, fov_deg=args.fov_deg, radius_mm=tuple(args.radius_mm),
-        fold_amplitude=args.fold_amplitude, noise=args.noise)
+        fold_amplitude=args.fold_amplitude, noise=args.noise, stereo_baseline_mm=args.stereo,
+        kinematics_noise_m=-1.0 if args.kinematics_noise is None else args.kinematics_noise,
+        kinematics_latency_s=args.kinematics_latency, **_view_settings(args))
+    if args.kinematics_noise is not None and args.kinematics_noise < 0:
+        raise ConfigError(f'--kinematics-noise must be >= 0 m, got {args.kinematics_noise}.')
+    # Before rendering: a refused output must not cost the whole render.
+    outputs.check_recording_output(args.out, overwrite=args.overwrite)
     if args.contact_sheet is not None:
-        # Before rendering: an unwritable PNG path must not cost the whole render.
-        args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
+        outputs.prepare_file_output(args.contact_sheet, overwrite=args.overwrite,
+                                    inputs=[args.out])
     sheet_every = max(1, config.frames // 4)
     kept: list[SynthFrame] = []
 

@@ -62,6 +62,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from endo_depth_ros.cli.common import EXIT_USAGE
 from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
+from endo_depth_ros.masks import FieldOfViewConfig
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.odometry import OdometryConfig
 from endo_depth_ros.pipeline import (
@@ -72,6 +73,8 @@ from endo_depth_ros.pipeline import (
     is_video_model,
 )
 from endo_depth_ros.ros import conversions
+from endo_depth_ros.ros.scale_inputs import ScaleInputs
+from endo_depth_ros.scale import ScaleConfig, StereoPair
 from endo_depth_ros.temporal import AlignmentConfig
 from endo_depth_ros.visualize import colorize_depth
 
@@ -94,6 +97,8 @@ _SECTIONS: tuple[tuple[str, type, bool], ...] = (
     ('alignment', AlignmentConfig, False),
     ('geometry', CloudConfig, True),
     ('odometry', OdometryConfig, False),
+    ('scale', ScaleConfig, False),
+    ('field_of_view', FieldOfViewConfig, False),
 )
 
 ParameterValue = bool | int | float | str | list[float] | list[int] | list[str] | list[bool]
@@ -169,7 +174,8 @@ def pipeline_config_from_parameters(values: dict[str, Any]) -> PipelineConfig:
     for prefix, cls, _live in _SECTIONS:
         parts[prefix] = _build_section(prefix, cls, values)
     return PipelineConfig(model=parts['model'], alignment=parts['alignment'],
-                          cloud=parts['geometry'], odometry=parts['odometry'])
+                          cloud=parts['geometry'], odometry=parts['odometry'],
+                          scale=parts['scale'], field_of_view=parts['field_of_view'])
 
 
 @dataclass(frozen=True)
@@ -298,6 +304,7 @@ class DepthNode(Node):
 
         self._create_publishers()
         self._create_subscriptions()
+        self._scale_inputs = ScaleInputs(self, config.scale)  # right camera / kinematics
         self._diagnostics_timer = self.create_timer(
             self._settings.diagnostics_period_s, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -486,8 +493,12 @@ class DepthNode(Node):
                 self._stats.idle += 1
             return {'conversion': conversion_ms}
         self._frames[stamp_ns] = (frame_id, info)
+        stereo = self._scale_inputs.stereo_for(
+            stamp_ns, self._settings.camera_info_tolerance_s, self._settings.camera_info_wait_s,
+            (rgb.shape[1], rgb.shape[0]))
+        self._scale_inputs.feed_kinematics(self._pipeline, stamp_ns)
         try:
-            results = self._run_pipeline(rgb, intrinsics, stamp_ns, wanted)
+            results = self._run_pipeline(rgb, intrinsics, stamp_ns, wanted, stereo)
         except BadInputError:
             self._frames.pop(stamp_ns, None)
             raise
@@ -502,8 +513,11 @@ class DepthNode(Node):
         return timings
 
     def _run_pipeline(self, rgb: np.ndarray, intrinsics: Any, stamp_ns: int,
-                      wanted: _Wanted) -> list[FrameResult]:
-        kwargs = {'compute_points': wanted.points, 'compute_pose': wanted.needs_pose}
+                      wanted: _Wanted, stereo: StereoPair | None = None) -> list[FrameResult]:
+        # The kinematic scale is measured from odometry: it needs the pose.
+        needs_pose = wanted.needs_pose or self._pipeline.config.scale.source == 'kinematics'
+        kwargs: dict[str, Any] = {'compute_points': wanted.points, 'compute_pose': needs_pose,
+                                  'stereo': stereo}
         try:
             results = self._pipeline.process(rgb, intrinsics, stamp_ns, **kwargs)
         except BadInputError as err:
@@ -684,6 +698,7 @@ class DepthNode(Node):
             'alignment.resets': getattr(aligner_stats, 'resets', 'n/a'),
             'odometry.state': estimate.state if estimate is not None else 'off',
             'odometry.inliers': estimate.inliers if estimate is not None else 0,
+            **self._scale_inputs.diagnostics(self._pipeline.scale.stats),
             **{f'time_ms.{stage}': f'{ms:.2f}' for stage, ms in sorted(stages.items())},
         }
         level, message = DiagnosticStatus.OK, 'running'

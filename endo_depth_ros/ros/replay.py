@@ -48,6 +48,7 @@ from endo_depth_ros.evaluation import (
     Progress,
     ProgressFactory,
     RunResult,
+    config_for_recording,
     progress_bar,
     score_records,
 )
@@ -75,7 +76,7 @@ class _Message:
     """One message to replay: bag log time, topic kind and payload (raw CDR or a msg)."""
 
     log_time_ns: int
-    kind: str  # 'image' | 'camera_info'
+    kind: str  # 'image', 'camera_info' or a key of _SCALE_INPUTS
     payload: Any
     stamp_ns: int
 
@@ -137,6 +138,7 @@ def evaluate_live(
     for spec in config.models:
         for path in bag_paths:
             topics = bags.detect_topics(path, **config.topics)
+            run_config = config_for_recording(config, bags.read_recording_info(path), path)
             frames = list(bags.read_frames(path, topics, start=config.start, stop=config.stop,
                                            stride=config.stride))
             if not frames:
@@ -146,7 +148,7 @@ def evaluate_live(
                 with progress_bar(progress, f'{Path(path).name} {spec.label}/{align} (live)',
                                   len(frames)) as bar:
                     results.append(_replay_run(path, topics, frames, messages, compressed, spec,
-                                               align, config, rate, node_params, bar))
+                                               align, run_config, rate, node_params, bar))
     return results
 
 
@@ -169,10 +171,14 @@ def _replay_run(
         raise BagError(f'{path}: live replay needs a camera_info topic.')
     node_args = _node_arguments(spec, align, config, image_topic, info_topic, compressed,
                                 node_params)
+    # The scale sources' inputs (right camera, kinematics) go to the node's names for them.
+    extra = _scale_topics(topics)
+    for kind, topic in extra.items():
+        node_args += ['-r', f'{_SCALE_INPUTS[kind][1]}:={topic}']
     capture = _Capture()
     published_s: dict[int, float] = {}
     with NodeProcess(node_args, name='The depth node') as node_proc, _Replayer(
-            image_topic, info_topic, compressed, capture) as replayer:
+            image_topic, info_topic, compressed, capture, extra) as replayer:
         replayer.wait_ready(node_proc, STARTUP_TIMEOUT_S)
         t0_log = messages[0].log_time_ns
         replayer.publish_clock(t0_log)  # sim time is valid before the first image
@@ -306,13 +312,28 @@ def _open_rosbag(path: str | Path) -> Any:
     return None
 
 
+#: The scale sources' inputs: kind -> (message type, the node's topic name).
+_SCALE_INPUTS: dict[str, tuple[type, str]] = {
+    'right_image': (Image, 'right/image'),
+    'right_camera_info': (CameraInfo, 'right/camera_info'),
+    'kinematics': (PoseStamped, 'kinematics/pose'),
+}
+
+
+def _scale_topics(topics: bags.BagTopics) -> dict[str, str]:
+    """The bag's right camera and kinematics topics (kind -> topic), when present."""
+    found = {kind: getattr(topics, kind) for kind in _SCALE_INPUTS}
+    return {kind: topic for kind, topic in found.items() if topic}
+
+
 def _raw_messages(path: str | Path, topics: bags.BagTopics,
                   stamps: set[int]) -> tuple[list[_Message], bool] | None:
     reader = _open_rosbag(path)
     if reader is None:
         return None
     try:
-        kinds = {topics.image: 'image', topics.camera_info: 'camera_info'}
+        kinds: dict[str | None, str] = {topics.image: 'image', topics.camera_info: 'camera_info'}
+        kinds.update({topic: kind for kind, topic in _scale_topics(topics).items()})
         conns = [c for c in reader.connections if c.topic in kinds]
         compressed = any(_IMAGE_TYPES.get(c.msgtype) is CompressedImage for c in conns
                          if c.topic == topics.image)
@@ -321,9 +342,9 @@ def _raw_messages(path: str | Path, topics: bags.BagTopics,
         for conn, log_time, data in reader.messages(connections=conns):
             kind = kinds[conn.topic]
             stamp = _header_stamp_ns(bytes(data))
-            if kind == 'image' and stamp not in stamps:
+            if kind in ('image', 'right_image', 'right_camera_info') and stamp not in stamps:
                 continue
-            (images if kind == 'image' else infos).append(
+            (infos if kind == 'camera_info' else images).append(
                 _Message(int(log_time), kind, bytes(data), stamp))
     finally:
         reader.close()
@@ -332,7 +353,8 @@ def _raw_messages(path: str | Path, topics: bags.BagTopics,
     matching = [m for m in infos if m.stamp_ns in stamps]
     if matching:
         infos = matching
-    ordered = sorted(images + infos, key=lambda m: (m.log_time_ns, m.kind != 'camera_info'))
+    # At equal log times the left image goes last: its partners are then already there.
+    ordered = sorted(images + infos, key=lambda m: (m.log_time_ns, m.kind == 'image'))
     return ordered, compressed
 
 
@@ -350,7 +372,7 @@ class _Replayer(SpinningNode):
     """In-process rclpy node publishing the bag and /clock and recording the outputs."""
 
     def __init__(self, image_topic: str, info_topic: str, compressed: bool,
-                 capture: _Capture) -> None:
+                 capture: _Capture, extra: dict[str, str] | None = None) -> None:
         super().__init__('endo_depth_replay')
         self.capture = capture
         self._matched = MatchCounter()
@@ -365,6 +387,8 @@ class _Replayer(SpinningNode):
                 event_callbacks=PublisherEventCallbacks(
                     matched=self._matched.callback('camera_info'))),
         }
+        for kind, topic in (extra or {}).items():
+            self._pubs[kind] = self.node.create_publisher(_SCALE_INPUTS[kind][0], topic, qos_in)
         self._clock_pub = self.node.create_publisher(Clock, '/clock', 10)
         qos_out = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
                              reliability=ReliabilityPolicy.RELIABLE)

@@ -15,6 +15,9 @@ from endo_depth_ros.errors import ConfigError
 DEFAULT_START_NS = 1_700_000_000_000_000_000
 
 
+#: Largest image side the renderer accepts (4K endoscopes are 3840 wide).
+MAX_SIDE = 4096
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Everything that defines a rendered sequence; equal configs give equal frames.
@@ -49,6 +52,20 @@ class SynthConfig:
         noise: standard deviation of the sensor noise at mid grey (fraction of full scale).
         max_depth_m: rays that hit nothing closer are invalid (depth NaN, black).
         start_ns: stamp of frame 0 (int nanoseconds).
+        stereo_baseline_mm: > 0 also renders the right camera of a rectified pair this
+            far along the left camera's x axis (0: monocular).
+        kinematics_noise_m: >= 0 also gives each frame the camera pose as a robot would
+            report it (see ``synth.stereo``), with this translation noise (metres, std);
+            negative: no kinematics.
+        kinematics_latency_s: the kinematic pose stamped t is the camera's at t - latency.
+        view_circle: show the scene through a soft-edged circular view in a noisy black
+            surround, as endoscope video does (``synth.view``; depth stays valid there).
+        view_radius: radius of that view as a fraction of the shorter image side.
+        view_offset: (x, y) offset of the view's centre from the image centre, fractions
+            of the width and height.
+        view_edge_px: half-width of the view's soft edge (pixels).
+        surround_noise: standard deviation of the surround's noise (grey levels).
+        jpeg_quality: JPEG-compress each frame at this quality (1..100; 0: no codec).
     """
 
     width: int = 320
@@ -78,14 +95,31 @@ class SynthConfig:
     noise: float = 0.012
     max_depth_m: float = 0.3
     start_ns: int = DEFAULT_START_NS
+    stereo_baseline_mm: float = 0.0
+    kinematics_noise_m: float = -1.0
+    kinematics_latency_s: float = 0.03
+    view_circle: bool = False
+    view_radius: float = 0.47
+    view_offset: tuple[float, float] = field(default=(0.025, -0.02))
+    view_edge_px: float = 3.0
+    surround_noise: float = 3.0
+    jpeg_quality: int = 0
 
     def __post_init__(self) -> None:
         _positive_int(self, 'width', 'height', 'frames')
+        if max(self.width, self.height) > MAX_SIDE:
+            # The renderer holds ~150 bytes per pixel: 4096x4096 is ~2.5 GB already.
+            raise ConfigError(f'Image size {self.width}x{self.height} exceeds the renderer\'s '
+                              f'{MAX_SIDE} pixels per side.')
         _positive(self, 'fps', 'fold_spacing_mm', 'fold_width_mm', 'texture_scale',
                   'max_depth_m', 'fov_mask_radius')
         _non_negative(self, 'speed_mm', 'fold_amplitude', 'lobes', 'bend_mm', 'wobble',
                       'tilt_deg', 'roll_deg', 'vessel_density', 'specular', 'exposure',
-                      'vignetting', 'noise')
+                      'vignetting', 'noise', 'stereo_baseline_mm', 'kinematics_latency_s')
+        if not (isinstance(self.kinematics_noise_m, int | float)
+                and math.isfinite(self.kinematics_noise_m)):
+            raise ConfigError(f'kinematics_noise_m must be a number, got '
+                              f'{self.kinematics_noise_m!r}.')
         if not isinstance(self.seed, int | np.integer) or isinstance(self.seed, bool):
             raise ConfigError(f'seed must be an integer, got {self.seed!r}.')
         if not 10.0 <= self.fov_deg <= 170.0:
@@ -107,6 +141,7 @@ class SynthConfig:
                 f'got {self.wobble}.')
         if isinstance(self.start_ns, bool) or not isinstance(self.start_ns, int | np.integer):
             raise ConfigError(f'start_ns must be an integer, got {self.start_ns!r}.')
+        _check_view(self)
 
     @classmethod
     def straight_tube(cls, radius_mm: float = 20.0, **overrides: Any) -> SynthConfig:
@@ -158,3 +193,16 @@ def _non_negative(config: SynthConfig, *names: str) -> None:
         value = getattr(config, name)
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise ConfigError(f'{name} must be a non-negative number, got {value!r}.')
+
+
+def _check_view(config: SynthConfig) -> None:
+    """Validate the ``view_*``, ``surround_noise`` and ``jpeg_quality`` fields."""
+    _positive(config, 'view_radius')
+    _non_negative(config, 'view_edge_px', 'surround_noise')
+    offset = tuple(config.view_offset)
+    if len(offset) != 2 or not all(math.isfinite(o) and abs(o) <= 0.5 for o in offset):
+        raise ConfigError(f'view_offset must be (x, y) fractions in [-0.5, 0.5], got '
+                          f'{config.view_offset!r}.')
+    quality = config.jpeg_quality
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 100:
+        raise ConfigError(f'jpeg_quality must be an integer in 0..100, got {quality!r}.')

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -20,6 +20,7 @@ from endo_depth_ros.synth.instrument import (
 )
 from endo_depth_ros.synth.lumen import CHUNK, Lumen, rotate_rays
 from endo_depth_ros.synth.texture import TissueTexture, make_texture
+from endo_depth_ros.synth.view import apply_endoscope_view
 
 #: Segmentation labels.
 TISSUE, INSTRUMENT = 0, 1
@@ -42,6 +43,10 @@ class SynthFrame:
         seg: (H, W) uint8 labels, 0 tissue (and background), 1 instrument.
         pose: (4, 4) float64 ``T_world_camera`` of the optical frame.
         intrinsics: the pinhole camera.
+        right: the right camera's view of a rectified pair (``stereo_baseline_mm``).
+        baseline_m: the pair's baseline (metres; 0 without a right camera).
+        kinematic_pose: (4, 4) ``T_base_camera`` as the robot reports it at ``stamp_ns``
+            (``kinematics_noise_m`` >= 0; see ``synth.stereo``), or None.
     """
 
     index: int
@@ -51,6 +56,9 @@ class SynthFrame:
     seg: np.ndarray
     pose: np.ndarray
     intrinsics: Intrinsics
+    right: RenderedView | None = None
+    baseline_m: float = 0.0
+    kinematic_pose: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,11 +103,22 @@ class Scene:
         pose = self.camera_pose(index)
         intrinsics = cfg.intrinsics
         view = self.render(pose, index, intrinsics)
-        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=view.rgb,
-                          depth=view.depth, seg=view.seg, pose=pose, intrinsics=intrinsics)
+        from endo_depth_ros.synth import stereo  # the stereo module builds on this one
+
+        baseline = cfg.stereo_baseline_mm * 1e-3
+        right = (self.render(stereo.right_pose(pose, baseline), index, intrinsics,
+                             eye_offset_m=baseline) if baseline > 0 else None)
+        kinematic = (stereo.kinematic_pose(self, index) if cfg.kinematics_noise_m >= 0
+                     else None)
+        rgb = view.rgb
+        if cfg.view_circle or cfg.jpeg_quality:
+            rgb = apply_endoscope_view(rgb, cfg, index)
+        return SynthFrame(index=index, stamp_ns=cfg.stamp_ns(index), rgb=rgb,
+                          depth=view.depth, seg=view.seg, pose=pose, intrinsics=intrinsics,
+                          right=right, baseline_m=baseline, kinematic_pose=kinematic)
 
     def render(self, pose: np.ndarray, index: float = 0, intrinsics: Intrinsics | None = None,
-               *, shade: bool = True) -> RenderedView:
+               *, shade: bool = True, eye_offset_m: float = 0.0) -> RenderedView:
         """Render the scene from ``pose`` at the time of frame ``index``.
 
         Args:
@@ -108,6 +127,9 @@ class Scene:
                 the sensor noise.
             intrinsics: camera (default: the config's); distortion is ignored.
             shade: False skips the image (``rgb`` is all zeros): depth and seg only.
+            eye_offset_m: this camera sits that far along the sequence camera's x axis
+                (a stereo pair's right eye): the instrument, held in the sequence
+                camera's frame, is shifted and the sensor noise is drawn independently.
         """
         cfg = self.config
         intrinsics = cfg.intrinsics if intrinsics is None else intrinsics
@@ -121,7 +143,7 @@ class Scene:
         seg = np.zeros((height, width), np.uint8)
         instrument: InstrumentHits | None = None
         if cfg.instrument:
-            instrument = self._add_instrument(rays, depth, seg, mask, index)
+            instrument = self._add_instrument(rays, depth, seg, mask, index, eye_offset_m)
         if not shade:
             return RenderedView(np.zeros((height, width, 3), np.uint8), depth, seg)
         radiance = np.zeros((height, width, 3), np.float32)
@@ -132,11 +154,12 @@ class Scene:
             tool = seg == INSTRUMENT
             radiance[tool] = _shade_instrument(rays[tool], depth[tool], instrument.normal,
                                                instrument.material, cfg)
-        rgb = self._sensor(radiance, intrinsics, index, mask)
+        rgb = self._sensor(radiance, intrinsics, index + (0.5 if eye_offset_m else 0.0), mask)
         return RenderedView(rgb, depth, seg)
 
     def _add_instrument(self, rays: np.ndarray, depth: np.ndarray, seg: np.ndarray,
-                        mask: np.ndarray | None, index: float) -> InstrumentHits:
+                        mask: np.ndarray | None, index: float,
+                        eye_offset_m: float = 0.0) -> InstrumentHits:
         """Cast the instrument; where it is in front, write its depth and label in place.
 
         Returns:
@@ -144,6 +167,9 @@ class Scene:
         """
         height, width = depth.shape
         capsules = instrument_capsules(index / self.config.fps, self.config.seed)
+        if eye_offset_m:
+            eye = np.array([eye_offset_m, 0.0, 0.0])
+            capsules = [replace(c, a=c.a - eye, b=c.b - eye) for c in capsules]
         select = np.zeros((height, width), bool)
         box = image_bounds(capsules, float(np.hypot(rays[..., 0], rays[..., 1]).max()))
         if box is not None:

@@ -1,0 +1,541 @@
+"""Metric scale sources for a relative depth model: the stereo endoscope and the robot.
+
+The temporal alignment (``alignment.scale_source``) gives a relative model consistent
+units over time, but its metres are a guess (``fixed``: the first frame's median depth
+is ``reference_depth_m``). A surgical robot has two measurements of the true scale, and
+``ScaleConfig.source`` picks one of them to correct the aligned depth frame by frame:
+
+``none``
+    The alignment's policy alone decides the metres (this module changes nothing).
+``stereo``
+    A rectified pair (ROS stereo convention: the right camera's projection has
+    ``P[0, 3] = -fx * B``, see :func:`baseline_from_projection`). OpenCV's semi-global
+    matching runs at a reduced size (``stereo_width``) with its left-right consistency
+    check; pixels without texture, saturated (specular) or black are left out. The
+    aligned monocular inverse depth ``m`` is fitted to the stereo inverse depth ``s``
+    in disparity space, robustly (trimmed least squares): ``s ~ a * m`` (scale only) or
+    ``s ~ a * m + b`` (``fit_shift``, for a model that is affine in disparity). Least
+    squares in inverse depth weights near pixels most, where stereo is most precise.
+    The published depth stays dense (the monocular one) and becomes metric.
+``kinematics``
+    The camera's pose from the robot (forward kinematics) in a fixed frame, stamped.
+    Over a sliding window of ``kinematics_window`` frames, every pair of frames that
+    the robot moved at least ``kinematics_min_motion_m`` apart gives a ratio of the
+    kinematic to the visual-odometry displacement (norms: independent of the frames
+    and insensitive to a small hand-eye offset and to a constant latency); the scale
+    is their trimmed, motion-weighted mean. Before the robot has moved enough, the
+    alignment's policy holds.
+
+A frame whose scale cannot be measured (no right image, too little stereo coverage,
+an occluding instrument, not enough motion) keeps the last good scale; it is counted
+in :class:`ScaleStats` (``fallbacks``, by reason).
+
+Poses: odometry tracks on the aligned (not yet metric) depth, so its translations are
+in the alignment's units. The metric trajectory composes each frame-to-frame motion
+with its translation multiplied by the scale of that frame; a slow drift of the
+alignment's units (flickering models) therefore does not bend the metric trajectory.
+With ``kinematics_odometry='kinematics'`` the robot's poses (relative to the first
+frame's, the ``odom`` origin) replace visual odometry as the published poses.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+import math
+
+import cv2
+import numpy as np
+
+from endo_depth_ros.camera import Intrinsics
+from endo_depth_ros.errors import BadInputError, ConfigError
+from endo_depth_ros.odometry import PoseEstimate
+
+#: Values of ``ScaleConfig.source``.
+SOURCES = ('none', 'stereo', 'kinematics')
+#: Values of ``ScaleConfig.kinematics_odometry``.
+ODOMETRY_SOURCES = ('visual', 'kinematics')
+#: Kinematic samples kept for interpolation (about 5 s at 100 Hz).
+KINEMATICS_HISTORY = 512
+#: Largest gap (s) across which kinematic poses are interpolated or held.
+KINEMATICS_MAX_GAP_S = 0.25
+#: Grey levels: below is the black outside the field of view, above is a highlight.
+DARK_LEVEL, SPECULAR_LEVEL = 12, 235
+#: Robust fits: passes of the trimmed least squares.
+TRIM_PASSES = 4
+
+# Reasons a frame kept the last good scale (``ScaleStats.reasons``).
+NO_RIGHT_IMAGE = 'no_right_image'
+LOW_COVERAGE = 'low_coverage'
+BAD_FIT = 'bad_fit'
+NOT_ENOUGH_MOTION = 'not_enough_motion'
+NO_KINEMATICS = 'no_kinematics'
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Metric scale source (see the module docstring).
+
+    Attributes:
+        source: 'none' (the alignment's scale_source alone), 'stereo' or 'kinematics'.
+        smoothing: weight of the previous scale in an exponential average of the log
+            scale (0: every frame its own fit; 0.9: ~10 frames).
+        fit_shift: stereo: also fit a shift in disparity space (affine models).
+        stereo_width: width (pixels) the pair is matched at (height keeps the aspect).
+        stereo_max_disparity_px: largest disparity searched, at ``stereo_width``
+            (rounded up to a multiple of 16); nearer tissue is not measured.
+        stereo_block_size: SGBM block side (odd pixels).
+        stereo_min_texture: smallest local grey-level standard deviation (0-255) of a
+            matched pixel (flat regions match anywhere).
+        stereo_min_coverage: fraction of the valid monocular pixels that stereo must
+            measure for a fit (else the frame keeps the last good scale).
+        stereo_trim_fraction: fraction of the largest residuals dropped per pass.
+        kinematics_window: frames whose pairwise displacements are matched.
+        kinematics_min_motion_m: smallest kinematic displacement (metres) of a pair used.
+        kinematics_time_offset_s: added to an image stamp to look up the kinematic pose
+            of the same instant (the kinematic stream's latency; may be negative).
+        kinematics_frame: TF: frame of the camera as the robot knows it ('' : the
+            kinematics/pose topic is used instead of TF).
+        kinematics_base_frame: TF: fixed frame of the robot (e.g. its base).
+        kinematics_odometry: reference poses: 'visual' (odometry, made metric) or
+            'kinematics' (the robot's poses replace visual odometry).
+    """
+
+    source: str = 'none'
+    smoothing: float = 0.0
+    fit_shift: bool = False
+    stereo_width: int = 160
+    stereo_max_disparity_px: int = 48
+    stereo_block_size: int = 5
+    stereo_min_texture: float = 2.0
+    stereo_min_coverage: float = 0.05
+    stereo_trim_fraction: float = 0.2
+    kinematics_window: int = 12
+    kinematics_min_motion_m: float = 0.004
+    kinematics_time_offset_s: float = 0.0
+    kinematics_frame: str = ''
+    kinematics_base_frame: str = 'base'
+    kinematics_odometry: str = 'visual'
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f'scale source must be one of {SOURCES}, got {self.source!r}.')
+        if self.kinematics_odometry not in ODOMETRY_SOURCES:
+            raise ConfigError(f'scale kinematics_odometry must be one of {ODOMETRY_SOURCES}, '
+                              f'got {self.kinematics_odometry!r}.')
+        checks = (
+            ('smoothing', self.smoothing, 0.0, 0.99),
+            ('stereo_width', self.stereo_width, 32, 4096),
+            ('stereo_max_disparity_px', self.stereo_max_disparity_px, 16, 512),
+            ('stereo_block_size', self.stereo_block_size, 1, 21),
+            ('stereo_min_texture', self.stereo_min_texture, 0.0, 255.0),
+            ('stereo_min_coverage', self.stereo_min_coverage, 0.0, 1.0),
+            ('stereo_trim_fraction', self.stereo_trim_fraction, 0.0, 0.9),
+            ('kinematics_window', self.kinematics_window, 2, 1000),
+            ('kinematics_min_motion_m', self.kinematics_min_motion_m, 0.0, 1.0),
+            ('kinematics_time_offset_s', self.kinematics_time_offset_s, -1.0, 1.0),
+        )
+        for name, value, low, high in checks:
+            if not (isinstance(value, int | float) and low <= value <= high):
+                raise ConfigError(f'scale {name} must be in [{low}, {high}], got {value!r}.')
+        if self.stereo_block_size % 2 == 0:
+            raise ConfigError(
+                f'scale stereo_block_size must be odd, got {self.stereo_block_size}.')
+
+
+@dataclass(frozen=True, eq=False)
+class StereoPair:
+    """The right image of a rectified pair, for the left image given to the pipeline.
+
+    Attributes:
+        right: (H, W, 3) uint8 RGB, rectified, the left image's size.
+        baseline_m: distance between the optical centres (metres, > 0).
+    """
+
+    right: np.ndarray
+    baseline_m: float
+
+
+@dataclass
+class ScaleStats:
+    """Counters and the latest state of the scale source (for /diagnostics and tests).
+
+    Attributes:
+        source: the configured source.
+        scale: metric depth / aligned depth (1 until the first good fit; with a shift,
+            the factor on inverse depth is ``1 / scale``).
+        shift: disparity shift of the fit (1/m, stereo with ``fit_shift``).
+        coverage: stereo: fraction of valid monocular pixels measured in the last pair.
+        fits: frames whose scale was measured.
+        fallbacks: frames that kept the last good scale (or the alignment's).
+        reasons: fallbacks by reason.
+        measured: True once a scale has been measured (before, the alignment's holds).
+    """
+
+    source: str = 'none'
+    scale: float = 1.0
+    shift: float = 0.0
+    coverage: float = math.nan
+    fits: int = 0
+    fallbacks: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    measured: bool = False
+
+
+def baseline_from_projection(p: Sequence[float] | np.ndarray) -> float:
+    """Stereo baseline (metres) from a right camera_info's ``P`` (ROS: ``P[0,3] = -fx·B``).
+
+    Raises:
+        BadInputError: reason ``'stereo_calibration'`` when P is not 12 finite values or
+            gives no positive baseline (a left camera's P, an uncalibrated camera).
+    """
+    P = np.asarray(p, dtype=np.float64).reshape(-1)
+    if P.size != 12 or not np.isfinite(P).all() or P[0] <= 0:
+        raise BadInputError(f'Right camera P must be 12 finite values with fx > 0, got '
+                            f'{P.tolist()}.', 'stereo_calibration')
+    baseline = -P[3] / P[0]
+    if not baseline > 0:
+        raise BadInputError(
+            f'Right camera P[0,3] = {P[3]} gives baseline {baseline} m; the right camera of a '
+            'rectified pair has P[0,3] = -fx * baseline < 0.', 'stereo_calibration')
+    return float(baseline)
+
+
+class StereoDepth:
+    """Semi-global matching of a rectified pair at a reduced size, masked."""
+
+    def __init__(self, config: ScaleConfig) -> None:
+        self.config = config
+        disparities = 16 * math.ceil(config.stereo_max_disparity_px / 16)
+        block = config.stereo_block_size
+        self._matcher = cv2.StereoSGBM.create(
+            minDisparity=0, numDisparities=disparities, blockSize=block,
+            P1=8 * block * block, P2=32 * block * block, uniquenessRatio=10,
+            disp12MaxDiff=1,  # OpenCV's left-right consistency check (pixels)
+            speckleWindowSize=50, speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` the pair is matched at."""
+        w = min(width, self.config.stereo_width)
+        return w, max(8, round(height * w / width))
+
+    def inverse_depth(self, left: np.ndarray, right: np.ndarray, intrinsics: Intrinsics,
+                      baseline_m: float) -> np.ndarray:
+        """Metric inverse depth (1/m) of the left view at the working size, NaN unmeasured.
+
+        Args:
+            left, right: (H, W, 3) uint8 RGB rectified pair.
+            intrinsics: the left camera (rectified: fx is the pair's).
+            baseline_m: baseline (metres).
+
+        Returns:
+            (h, w) float32 at :meth:`working_size`.
+        """
+        if right.shape != left.shape:
+            raise BadInputError(f'Right image {right.shape} does not match the left '
+                                f'{left.shape}.', 'size_mismatch')
+        height, width = left.shape[:2]
+        size = self.working_size(width, height)
+        grey_l = cv2.resize(cv2.cvtColor(left, cv2.COLOR_RGB2GRAY), size,
+                            interpolation=cv2.INTER_AREA)
+        grey_r = cv2.resize(cv2.cvtColor(right, cv2.COLOR_RGB2GRAY), size,
+                            interpolation=cv2.INTER_AREA)
+        disparity = self._matcher.compute(grey_l, grey_r).astype(np.float32) / 16.0
+        usable = (disparity > 0.5) & _textured(grey_l, self.config.stereo_min_texture)
+        usable &= (grey_l > DARK_LEVEL) & ~_near_highlight(grey_l)
+        fx = intrinsics.fx * size[0] / width
+        inverse = np.full(disparity.shape, np.nan, np.float32)
+        inverse[usable] = disparity[usable] / np.float32(fx * baseline_m)
+        return inverse
+
+
+def _textured(grey: np.ndarray, min_std: float) -> np.ndarray:
+    g = grey.astype(np.float32)
+    mean = cv2.blur(g, (7, 7))
+    var = cv2.blur(g * g, (7, 7)) - mean * mean
+    return var > np.float32(min_std * min_std)
+
+
+def _near_highlight(grey: np.ndarray) -> np.ndarray:
+    """Saturated pixels and a margin around them (highlights move between the views)."""
+    hot = (grey >= SPECULAR_LEVEL).astype(np.uint8)
+    return cv2.dilate(hot, np.ones((5, 5), np.uint8)) > 0
+
+
+def fit_inverse_depth(mono: np.ndarray, stereo: np.ndarray, *, with_shift: bool,
+                      trim_fraction: float) -> tuple[float, float] | None:
+    """Robust ``stereo ~ a * mono (+ b)`` on paired inverse depths (1-D float arrays).
+
+    Returns:
+        ``(a, b)`` (b = 0 without shift), or None when the fit is degenerate or a <= 0.
+    """
+    x = mono.astype(np.float64)
+    y = stereo.astype(np.float64)
+    keep = np.ones(x.size, bool)
+    a, b = math.nan, 0.0
+    for _ in range(TRIM_PASSES):
+        xs, ys = x[keep], y[keep]
+        if xs.size < 10:
+            return None
+        if with_shift:
+            xm, ym = xs.mean(), ys.mean()
+            sxx = float(np.sum((xs - xm) ** 2))
+            if sxx <= 0:
+                return None
+            a = float(np.sum((xs - xm) * (ys - ym))) / sxx
+            b = float(ym - a * xm)
+        else:
+            a = float(np.dot(xs, ys) / np.dot(xs, xs))
+        residual = np.abs(y - (a * x + b))
+        if trim_fraction <= 0:
+            break
+        keep = residual <= np.quantile(residual, 1.0 - trim_fraction)
+    if not (math.isfinite(a) and math.isfinite(b) and a > 0):
+        return None
+    return a, b
+
+
+class KinematicTrack:
+    """A bounded, time-ordered buffer of kinematic poses with interpolation."""
+
+    def __init__(self) -> None:
+        self._stamps: deque[int] = deque(maxlen=KINEMATICS_HISTORY)
+        self._poses: deque[np.ndarray] = deque(maxlen=KINEMATICS_HISTORY)
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    def add(self, stamp_ns: int, pose: np.ndarray) -> None:
+        """Append ``T_base_camera`` (4x4) at ``stamp_ns``.
+
+        A repeated stamp is ignored; an earlier one restarts the track (a looping bag).
+
+        Raises:
+            BadInputError: reason ``'kinematics'`` for a pose that is not a finite 4x4.
+        """
+        T = np.asarray(pose, dtype=np.float64)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            raise BadInputError(f'Kinematic pose must be a finite 4x4, got {T.shape}.',
+                                'kinematics')
+        if self._stamps and stamp_ns == self._stamps[-1]:
+            return
+        if self._stamps and stamp_ns < self._stamps[-1]:
+            self.clear()
+        self._stamps.append(int(stamp_ns))
+        self._poses.append(T)
+
+    def at(self, stamp_ns: int, *, hold: bool = False) -> np.ndarray | None:
+        """Pose at ``stamp_ns``: interpolated between the samples around it (translation
+        linear, rotation slerp); with ``hold``, the newest sample for a later stamp
+        within ``KINEMATICS_MAX_GAP_S``. None when not covered."""
+        if not self._stamps:
+            return None
+        max_gap = KINEMATICS_MAX_GAP_S * 1e9
+        stamps = self._stamps
+        if stamp_ns >= stamps[-1]:
+            late = stamp_ns - stamps[-1]
+            return self._poses[-1] if late == 0 or (hold and late <= max_gap) else None
+        if stamp_ns < stamps[0]:
+            return None
+        i = int(np.searchsorted(np.fromiter(stamps, np.int64, len(stamps)), stamp_ns,
+                                side='right'))
+        t0, t1 = stamps[i - 1], stamps[i]
+        if t1 - t0 > max_gap:
+            return None
+        w = (stamp_ns - t0) / (t1 - t0)
+        return _interpolate(self._poses[i - 1], self._poses[i], w)
+
+    def clear(self) -> None:
+        """Forget every sample."""
+        self._stamps.clear()
+        self._poses.clear()
+
+
+def _interpolate(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, 3] = (1 - w) * a[:3, 3] + w * b[:3, 3]
+    R_rel = a[:3, :3].T @ b[:3, :3]
+    rvec, _ = cv2.Rodrigues(R_rel)
+    R_step, _ = cv2.Rodrigues(rvec * w)
+    out[:3, :3] = a[:3, :3] @ R_step
+    return out
+
+
+class MetricScale:
+    """Makes the aligned depth and the poses metric from the configured source.
+
+    Not thread-safe (the pipeline calls it from one thread; see ``add_kinematics``).
+    """
+
+    def __init__(self, config: ScaleConfig | None = None) -> None:
+        self.config = config if config is not None else ScaleConfig()
+        self.stereo = StereoDepth(self.config)
+        self.kinematics = KinematicTrack()
+        self.stats = ScaleStats(source=self.config.source)
+        self._vo: deque[tuple[int, np.ndarray]] = deque(maxlen=self.config.kinematics_window)
+        self._previous_vo: np.ndarray | None = None
+        self._metric_pose = np.eye(4)
+        self._kinematic_origin: np.ndarray | None = None
+
+    @property
+    def active(self) -> bool:
+        """False when this stage changes nothing (source none, visual odometry)."""
+        return self.config.source != 'none' or self.config.kinematics_odometry != 'visual'
+
+    def add_kinematics(self, stamp_ns: int, pose: np.ndarray) -> None:
+        """One kinematic sample ``T_base_camera`` (4x4, metres) stamped ``stamp_ns``."""
+        self.kinematics.add(stamp_ns, pose)
+
+    def reset(self) -> None:
+        """Forget the stream (scale, trajectory); kinematic samples and counters are kept."""
+        self._vo.clear()
+        self._previous_vo = None
+        self._metric_pose = np.eye(4)
+        self._kinematic_origin = None
+        self.stats.scale, self.stats.shift, self.stats.measured = 1.0, 0.0, False
+
+    def apply(self, depth: np.ndarray, rgb: np.ndarray, intrinsics: Intrinsics, stamp_ns: int,
+              estimate: PoseEstimate | None, stereo: StereoPair | None
+              ) -> tuple[np.ndarray, PoseEstimate | None]:
+        """Metric depth and pose of one aligned frame.
+
+        Args:
+            depth: (H, W) float32 aligned depth (the alignment's units), NaN invalid.
+            rgb: (H, W, 3) uint8 left image.
+            intrinsics: its camera.
+            stamp_ns: its stamp (ns).
+            estimate: visual odometry of this frame (alignment units), or None.
+            stereo: the right image of the pair, or None (stereo: keeps the last scale).
+
+        Returns:
+            ``(depth, estimate)``: metric depth (H, W) float32 and the metric (or
+            kinematic) pose estimate (None when ``estimate`` is None).
+        """
+        if not self.active:
+            return depth, estimate
+        source = self.config.source
+        if source == 'stereo':
+            self._measure_stereo(depth, rgb, intrinsics, stereo)
+        elif source == 'kinematics':
+            self._measure_kinematics(stamp_ns, estimate)
+        scale, shift = self.stats.scale, self.stats.shift
+        if shift:
+            with np.errstate(divide='ignore', invalid='ignore'):
+                inverse = 1.0 / (np.float32(scale) * depth) + np.float32(shift)  # 1/m
+                metric = np.where(inverse > 0, 1.0 / inverse, np.nan).astype(np.float32)
+                ratio = np.nanmedian(metric / depth) if np.isfinite(metric).any() else scale
+            translation_scale = float(ratio) if np.isfinite(ratio) else scale
+        else:
+            metric = (depth * np.float32(scale)).astype(np.float32)
+            translation_scale = scale
+        return metric, self._pose(stamp_ns, estimate, translation_scale)
+
+    # ------------------------------------------------------------------ internals
+
+    def _keep(self, reason: str) -> None:
+        self.stats.fallbacks += 1
+        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+
+    def _accept(self, scale: float, shift: float) -> None:
+        """Take a measured depth scale (metric / aligned) and disparity shift (1/m)."""
+        alpha = self.config.smoothing if self.stats.measured else 0.0
+        self.stats.scale = math.exp(alpha * math.log(self.stats.scale)
+                                    + (1 - alpha) * math.log(scale))
+        self.stats.shift = alpha * self.stats.shift + (1 - alpha) * shift
+        self.stats.fits += 1
+        self.stats.measured = True
+
+    def _measure_stereo(self, depth: np.ndarray, rgb: np.ndarray, intrinsics: Intrinsics,
+                        stereo: StereoPair | None) -> None:
+        if stereo is None:
+            self._keep(NO_RIGHT_IMAGE)
+            return
+        measured = self.stereo.inverse_depth(rgb, stereo.right, intrinsics, stereo.baseline_m)
+        size = (measured.shape[1], measured.shape[0])
+        mono = 1.0 / cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
+        valid_mono = np.isfinite(mono) & (mono > 0)
+        both = valid_mono & np.isfinite(measured)
+        count = int(both.sum())
+        self.stats.coverage = count / max(1, int(valid_mono.sum()))
+        if self.stats.coverage < self.config.stereo_min_coverage or count < 50:
+            self._keep(LOW_COVERAGE)
+            return
+        fit = fit_inverse_depth(mono[both], measured[both], with_shift=self.config.fit_shift,
+                                trim_fraction=self.config.stereo_trim_fraction)
+        if fit is None:
+            self._keep(BAD_FIT)
+            return
+        self._accept(1.0 / fit[0], fit[1])
+
+    def _measure_kinematics(self, stamp_ns: int, estimate: PoseEstimate | None) -> None:
+        if estimate is None or not estimate.valid:
+            # A lost or missing estimate breaks the chain of displacements.
+            self._vo.clear()
+            self._keep(NO_KINEMATICS if estimate is None else BAD_FIT)
+            return
+        self._vo.append((stamp_ns, estimate.pose[:3, 3].copy()))
+        offset = round(self.config.kinematics_time_offset_s * 1e9)
+        vo, kin = [], []
+        for stamp, position in self._vo:
+            pose = self.kinematics.at(stamp + offset)
+            if pose is not None:
+                vo.append(position)
+                kin.append(pose[:3, 3])
+        if len(kin) < 2:
+            self._keep(NO_KINEMATICS)
+            return
+        ratio = _displacement_ratio(np.asarray(vo), np.asarray(kin),
+                                    self.config.kinematics_min_motion_m)
+        if ratio is None:
+            self._keep(NOT_ENOUGH_MOTION)
+            return
+        self._accept(ratio, 0.0)
+
+    def _pose(self, stamp_ns: int, estimate: PoseEstimate | None,
+              translation_scale: float) -> PoseEstimate | None:
+        if estimate is None:
+            return None
+        if self.config.kinematics_odometry == 'kinematics':
+            offset = round(self.config.kinematics_time_offset_s * 1e9)
+            pose = self.kinematics.at(stamp_ns + offset, hold=True)
+            if pose is None:
+                return replace(estimate, pose=self._metric_pose.copy(), valid=False)
+            if self._kinematic_origin is None:
+                self._kinematic_origin = pose
+            self._metric_pose = _inverse(self._kinematic_origin) @ pose
+            return replace(estimate, pose=self._metric_pose.copy(), valid=True)
+        if self._previous_vo is not None:
+            step = _inverse(self._previous_vo) @ estimate.pose
+            step[:3, 3] *= translation_scale
+            self._metric_pose = self._metric_pose @ step
+        self._previous_vo = estimate.pose.copy()
+        covariance = estimate.covariance.copy()
+        covariance[:3, :] *= translation_scale
+        covariance[:, :3] *= translation_scale
+        return replace(estimate, pose=self._metric_pose.copy(), covariance=covariance)
+
+
+def _displacement_ratio(vo: np.ndarray, kin: np.ndarray, min_motion: float) -> float | None:
+    """Trimmed, motion-weighted ratio |kinematic| / |visual| of pairwise displacements."""
+    i, j = np.triu_indices(len(kin), k=1)
+    d_kin = np.linalg.norm(kin[j] - kin[i], axis=1)
+    d_vo = np.linalg.norm(vo[j] - vo[i], axis=1)
+    use = (d_kin >= max(min_motion, 1e-9)) & (d_vo > 0)
+    if not use.any():
+        return None
+    d_kin, d_vo = d_kin[use], d_vo[use]
+    ratio = d_kin / d_vo
+    median = np.median(ratio)
+    spread = 1.4826 * np.median(np.abs(ratio - median)) + 1e-3 * median
+    inlier = np.abs(ratio - median) <= 3 * spread
+    # Least squares d_kin ~ r * d_vo on the inliers weights long displacements most.
+    value = float(np.dot(d_kin[inlier], d_vo[inlier]) / np.dot(d_vo[inlier], d_vo[inlier]))
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _inverse(T: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out

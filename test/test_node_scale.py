@@ -1,0 +1,193 @@
+"""The node's metric scale sources over real topics (each node in its own process).
+
+A rendered stereo flight is played into the node with ``scale.source: stereo`` (left and
+right images and camera_infos) or ``kinematics`` (the robot's camera pose on
+``kinematics/pose``); the published depth must be metric: its median within 5 % of the
+true depth's (stereo, over the frames; single frames within 10 %); with kinematics the
+camera's published displacement is within 10 % of the truth (the fixed guess: ~80 %).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import functools
+from pathlib import Path
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from ros_harness import NodeProcess, RosTestNode  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+
+from endo_depth_ros.ros import conversions  # noqa: E402
+from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence  # noqa: E402
+from endo_depth_ros.synth.stereo import right_projection  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FRAME_ID = 'endoscope_optical_frame'
+TIMEOUT_S = 20.0
+LATENCY_S = 0.03
+
+
+@functools.lru_cache(maxsize=1)
+def stereo_flight() -> tuple[SynthFrame, ...]:
+    config = SynthConfig(width=160, height=128, frames=14, seed=3, speed_mm=1.5,
+                         stereo_baseline_mm=4.0, kinematics_noise_m=2e-4,
+                         kinematics_latency_s=LATENCY_S)
+    return tuple(render_sequence(config))
+
+
+@pytest.fixture
+def ros() -> Iterator[RosTestNode]:
+    with RosTestNode() as node:
+        yield node
+
+
+class StereoPlayer:
+    """Publishes a flight's left and right views and kinematic poses; records depth."""
+
+    def __init__(self, ros: RosTestNode, namespace: str, *, stereo: bool) -> None:
+        self.stereo = stereo
+        self.left = ros.publisher(Image, f'{namespace}/image')
+        self.left_info = ros.publisher(CameraInfo, f'{namespace}/camera_info')
+        self.right = ros.publisher(Image, f'{namespace}/right/image')
+        self.right_info = ros.publisher(CameraInfo, f'{namespace}/right/camera_info')
+        self.kinematics = ros.publisher(PoseStamped, f'{namespace}/kinematics/pose')
+        self.depth = ros.subscribe(Image, f'{namespace}/depth/image')
+        self.pose = ros.subscribe(PoseStamped, f'{namespace}/pose')
+        self.diagnostics = ros.subscribe(DiagnosticArray, '/diagnostics')
+        self.name = f'{namespace}/endo_depth: depth pipeline'
+
+    def send(self, frame: SynthFrame, stamp_ns: int) -> None:
+        assert frame.right is not None and frame.kinematic_pose is not None
+        if not self.stereo:
+            self.kinematics.publish(conversions.pose_to_pose_stamped(
+                frame.kinematic_pose, stamp_ns, 'base'))
+        if self.stereo:
+            right_info = conversions.intrinsics_to_camera_info(frame.intrinsics, stamp_ns,
+                                                               'right')
+            right_info.p = right_projection(frame.intrinsics.K, frame.baseline_m).reshape(-1)
+            self.right_info.publish(right_info)
+            self.right.publish(conversions.rgb_to_image(frame.right.rgb, stamp_ns, 'right'))
+        self.left_info.publish(conversions.intrinsics_to_camera_info(
+            frame.intrinsics, stamp_ns, FRAME_ID))
+        self.left.publish(conversions.rgb_to_image(frame.rgb, stamp_ns, FRAME_ID))
+
+    def wait_depth(self, stamp_ns: int, timeout: float = TIMEOUT_S) -> np.ndarray:
+        msgs = self.depth.wait_until(
+            lambda ms: any(conversions.stamp_to_ns(m.header.stamp) == stamp_ns for m in ms),
+            timeout)
+        msg = next(m for m in msgs if conversions.stamp_to_ns(m.header.stamp) == stamp_ns)
+        return conversions.image_to_depth(msg)
+
+    def play(self, frames: tuple[SynthFrame, ...]) -> list[np.ndarray]:
+        """Hand-shake (frame 0 repeated until its depth comes back), then lock-step."""
+        pubs = [self.left, self.left_info] + ([self.right, self.right_info] if self.stereo
+                                              else [self.kinematics])
+        for pub in pubs:
+            pub.wait_for_subscribers()
+        assert self.depth.matched.wait(TIMEOUT_S)
+        deadline = time.monotonic() + TIMEOUT_S
+        handshake = frames[0].stamp_ns - 1_000_000_000
+        while True:
+            assert time.monotonic() < deadline, 'no frame made the round trip'
+            self.send(frames[0], handshake)
+            try:
+                self.wait_depth(handshake, timeout=0.5)
+                break
+            except AssertionError:
+                handshake += 1
+        depths = []
+        for frame in frames:
+            self.send(frame, frame.stamp_ns)
+            depths.append(self.wait_depth(frame.stamp_ns))
+        return depths
+
+    def diagnostics_values(self, key: str) -> dict[str, str]:
+        def latest(msgs: list[DiagnosticArray]) -> dict[str, str] | None:
+            for msg in reversed(msgs):
+                for status in msg.status:
+                    if status.name == self.name:
+                        return {kv.key: kv.value for kv in status.values}
+            return None
+
+        def has(msgs: list[DiagnosticArray]) -> bool:
+            values = latest(msgs)
+            return values is not None and key in values
+
+        values = latest(self.diagnostics.wait_until(has, TIMEOUT_S))
+        assert values is not None
+        return values
+
+
+def start_node(*parameters: str) -> tuple[NodeProcess, str]:
+    namespace = f'/t{uuid.uuid4().hex[:8]}'
+    args = ['-m', 'endo_depth_ros.ros.node', '--ros-args', '-r', f'__ns:={namespace}',
+            '-p', 'diagnostics.period_s:=0.2', '-p', 'input.camera_info_wait_s:=0.5']
+    for parameter in parameters:
+        args += ['-p', parameter]
+    return NodeProcess(args), namespace
+
+
+def median_ratio(depth: np.ndarray, truth: np.ndarray) -> float:
+    valid = np.isfinite(depth) & np.isfinite(truth)
+    assert valid.mean() > 0.5
+    return float(np.median(depth[valid]) / np.median(truth[valid]))
+
+
+def test_stereo_scale_source_publishes_metric_depth(ros: RosTestNode) -> None:
+    frames = stereo_flight()
+    node, namespace = start_node('scale.source:=stereo')
+    with node:
+        player = StereoPlayer(ros, namespace, stereo=True)
+        depths = player.play(frames)
+        values = player.diagnostics_values('scale.stereo_coverage')
+        node.assert_clean_exit()
+    ratios = [median_ratio(d, f.depth) for d, f in zip(depths, frames, strict=True)]
+    # The photometric prior's depth has shape errors of its own (AbsRel ~0.3 even under
+    # per-frame median scaling), which move single frames' medians by a few percent.
+    assert abs(np.median(ratios) - 1) < 0.05, ratios
+    assert all(abs(r - 1) < 0.1 for r in ratios), ratios
+    assert values['scale.source'] == 'stereo'
+    assert int(values['scale.fits']) >= len(frames) // 2
+    assert float(values['scale.stereo_coverage']) > 0.2
+    assert float(values['scale.baseline_mm']) == pytest.approx(4.0)
+
+
+def test_kinematic_scale_source_publishes_metric_depth_once_the_robot_moved(
+        ros: RosTestNode) -> None:
+    frames = stereo_flight()
+    node, namespace = start_node('scale.source:=kinematics',
+                                 f'scale.kinematics_time_offset_s:={LATENCY_S}')
+    with node:
+        player = StereoPlayer(ros, namespace, stereo=False)
+        depths = player.play(frames)
+        values = player.diagnostics_values('scale.fits')
+        node.assert_clean_exit()
+    # Before the robot moved 4 mm the fixed policy holds (0.05 m median: not metric).
+    ratios = [median_ratio(d, f.depth) for d, f in zip(depths, frames, strict=True)]
+    half = len(frames) // 2
+    # The kinematic scale makes odometry's translations metric: the camera's published
+    # displacement over the second half of the flight matches the truth (within the
+    # noise of 7 frames of odometry: 6.6 % off in the offline Pipeline on this flight).
+    poses = {conversions.stamp_to_ns(m.header.stamp): conversions.pose_from_msg(m.pose)
+             for m in player.pose.messages}
+    published = np.linalg.norm(poses[frames[-1].stamp_ns][:3, 3]
+                               - poses[frames[half].stamp_ns][:3, 3])
+    truth = np.linalg.norm(frames[-1].pose[:3, 3] - frames[half].pose[:3, 3])
+    assert published == pytest.approx(truth, rel=0.1)
+    # The depth follows through odometry: per pixel, the scale error (median of depth /
+    # truth) stays within 10 %. The ratio of the medians drifts up to 1.22 on this flight:
+    # the photometric prior's shape error grows with the far lumen in view (see README).
+    errors = [float(np.nanmedian(d / f.depth)) for d, f in zip(depths, frames, strict=True)]
+    assert all(abs(e - 1) < 0.1 for e in errors[half:]), errors
+    assert abs(ratios[0] - 1) > 0.3  # before the robot moved: the fixed guess
+    assert values['scale.source'] == 'kinematics'
+    assert values['scale.measured'] == 'True'
+    assert int(values['scale.fallbacks.not_enough_motion']) >= 1

@@ -1,0 +1,215 @@
+"""Metric scale sources (endo_depth_ros.scale): stereo, kinematics, and their plumbing."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from endo_depth_ros import bags, metrics
+from endo_depth_ros.errors import BadInputError, ConfigError
+from endo_depth_ros.odometry import PoseEstimate
+from endo_depth_ros.pipeline import Pipeline, PipelineConfig
+from endo_depth_ros.scale import (
+    LOW_COVERAGE,
+    NO_RIGHT_IMAGE,
+    NOT_ENOUGH_MOTION,
+    KinematicTrack,
+    MetricScale,
+    ScaleConfig,
+    StereoDepth,
+    StereoPair,
+    baseline_from_projection,
+    fit_inverse_depth,
+)
+from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
+from endo_depth_ros.synth.stereo import right_projection
+
+BASELINE_MM = 4.0
+
+
+@functools.lru_cache(maxsize=1)
+def flight() -> tuple[SynthFrame, ...]:
+    return tuple(render_sequence(SynthConfig(
+        width=160, height=128, frames=6, seed=3, stereo_baseline_mm=BASELINE_MM,
+        kinematics_noise_m=2e-4)))
+
+
+def test_baseline_comes_from_the_right_projection_and_a_left_one_is_refused() -> None:
+    K = flight()[0].intrinsics.K
+    assert baseline_from_projection(right_projection(K, 0.0042)) == pytest.approx(0.0042)
+    with pytest.raises(BadInputError, match='baseline'):
+        baseline_from_projection(right_projection(K, 0.0))
+    with pytest.raises(BadInputError, match='12 finite'):
+        baseline_from_projection([1.0, 2.0])
+
+
+def test_robust_fit_recovers_scale_and_shift_despite_outliers() -> None:
+    rng = np.random.default_rng(0)
+    mono = rng.uniform(10, 50, 2000)
+    stereo = 0.02 * mono + 0.1
+    stereo[:200] = rng.uniform(0, 5, 200)  # 10 % gross outliers (an instrument)
+    a, b = fit_inverse_depth(mono, stereo, with_shift=True, trim_fraction=0.2)
+    assert (a, b) == (pytest.approx(0.02, rel=1e-3), pytest.approx(0.1, abs=1e-3))
+    a, b = fit_inverse_depth(mono, 0.03 * mono, with_shift=False, trim_fraction=0.2)
+    assert (a, b) == (pytest.approx(0.03), 0.0)
+    assert fit_inverse_depth(mono[:5], mono[:5], with_shift=False, trim_fraction=0) is None
+
+
+def test_semi_global_matching_measures_the_rendered_pair_in_metres() -> None:
+    frame = flight()[2]
+    assert frame.right is not None and frame.baseline_m == pytest.approx(BASELINE_MM * 1e-3)
+    inverse = StereoDepth(ScaleConfig()).inverse_depth(
+        frame.rgb, frame.right.rgb, frame.intrinsics, frame.baseline_m)
+    truth = cv2.resize(frame.depth, inverse.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    measured = np.isfinite(inverse) & np.isfinite(truth)
+    assert measured.mean() > 0.4
+    ratio = (1.0 / inverse[measured]) / truth[measured]
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.03)
+
+
+def test_stereo_pipeline_is_metric_and_depth_cloud_and_pose_share_the_scale() -> None:
+    pipeline = Pipeline(PipelineConfig(scale=ScaleConfig(source='stereo')))
+    fixed = Pipeline(PipelineConfig())
+    for frame in flight():
+        assert frame.right is not None
+        (out,) = pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns,
+                                  stereo=StereoPair(frame.right.rgb, frame.baseline_m))
+        (ref,) = fixed.process(frame.rgb, frame.intrinsics, frame.stamp_ns)
+    errors = metrics.depth_errors(frame.depth, out.depth)
+    assert errors is not None and errors['abs_rel'] < 0.5
+    assert np.nanmedian(out.depth / frame.depth) == pytest.approx(1.0, abs=0.08)
+    factor = pipeline.scale.stats.scale
+    np.testing.assert_allclose(out.depth, ref.depth * np.float32(factor), rtol=1e-5)
+    assert out.points is not None
+    assert np.nanmedian(out.points.reshape(-1, 3)[:, 2]) == pytest.approx(
+        np.nanmedian(out.depth), rel=0.02)
+    assert out.pose is not None and ref.pose is not None
+    np.testing.assert_allclose(out.pose.pose[:3, 3], ref.pose.pose[:3, 3] * factor, rtol=0.05,
+                               atol=1e-5)
+    assert 'scale' in out.timings_ms
+
+
+def test_missing_right_frames_and_an_occluded_view_keep_the_last_good_scale() -> None:
+    scale = MetricScale(ScaleConfig(source='stereo'))
+    frame = flight()[1]
+    assert frame.right is not None
+    depth = frame.depth * np.float32(2.0)  # an aligned depth twice the truth
+    metric, _ = scale.apply(depth, frame.rgb, frame.intrinsics, 0, None, None)
+    assert scale.stats.reasons == {NO_RIGHT_IMAGE: 1} and not scale.stats.measured
+    np.testing.assert_array_equal(metric, depth)  # before any fit: the alignment's policy
+    pair = StereoPair(frame.right.rgb, frame.baseline_m)
+    scale.apply(depth, frame.rgb, frame.intrinsics, 1, None, pair)
+    good = scale.stats.scale
+    assert good == pytest.approx(0.5, rel=0.03)
+    black = StereoPair(np.zeros_like(frame.right.rgb), frame.baseline_m)
+    metric, _ = scale.apply(depth, frame.rgb, frame.intrinsics, 2, None, black)
+    assert scale.stats.reasons[LOW_COVERAGE] == 1 and scale.stats.fallbacks == 2
+    assert scale.stats.scale == good
+    np.testing.assert_allclose(metric, depth * np.float32(good), rtol=1e-6)
+
+
+def test_kinematic_track_interpolates_and_restarts_on_an_earlier_stamp() -> None:
+    track = KinematicTrack()
+    a, b = np.eye(4), np.eye(4)
+    b[:3, :3] = cv2.Rodrigues(np.array([0.0, 0.0, 0.2]))[0]
+    b[:3, 3] = (0.01, 0.0, 0.02)
+    track.add(1_000, a)
+    track.add(2_000, b)
+    mid = track.at(1_500)
+    assert mid is not None
+    np.testing.assert_allclose(mid[:3, 3], (0.005, 0.0, 0.01))
+    assert cv2.Rodrigues(mid[:3, :3])[0].ravel()[2] == pytest.approx(0.1)
+    assert track.at(500) is None and track.at(3_000) is None
+    assert track.at(3_000, hold=True) is b
+    track.add(100, a)  # a looping bag
+    assert len(track) == 1
+    with pytest.raises(BadInputError, match='finite 4x4'):
+        track.add(200, np.full((4, 4), np.nan))
+
+
+def test_kinematic_scale_matches_odometry_to_the_robot_after_enough_motion() -> None:
+    config = ScaleConfig(source='kinematics', kinematics_min_motion_m=0.004,
+                         kinematics_time_offset_s=0.01)
+    scale = MetricScale(config)
+    rng = np.random.default_rng(1)
+    depth = np.full((8, 8), 0.1, np.float32)
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    camera = flight()[0].intrinsics.scaled(8, 8)
+    for i in range(12):
+        stamp = i * 33_000_000
+        true = np.eye(4)
+        true[:3, 3] = (0.0002 * i, 0.0, 0.001 * i)  # 1 mm per frame
+        robot = true.copy()
+        robot[:3, 3] += rng.normal(0, 1e-4, 3)
+        # The robot reports 10 ms late: its sample stamped s is the pose at s - 10 ms,
+        # approximately the frame's for this slow motion.
+        scale.add_kinematics(stamp + 10_000_000, robot)
+        vo = true.copy()
+        vo[:3, 3] *= 2.5  # odometry in the alignment's units: 2.5x too long
+        estimate = PoseEstimate(pose=vo, valid=True, covariance=np.eye(6))
+        metric, pose = scale.apply(depth, rgb, camera, stamp, estimate, None)
+        if i < 4:
+            assert not scale.stats.measured
+    assert scale.stats.reasons[NOT_ENOUGH_MOTION] >= 1
+    assert scale.stats.scale == pytest.approx(0.4, rel=0.03)
+    assert np.nanmedian(metric) == pytest.approx(0.04, rel=0.03)
+    assert pose is not None and pose.valid
+
+
+def test_kinematic_poses_replace_odometry_relative_to_the_first_frame() -> None:
+    scale = MetricScale(ScaleConfig(kinematics_odometry='kinematics'))
+    base = np.eye(4)
+    base[:3, 3] = (1.0, 2.0, 3.0)
+    moved = base.copy()
+    moved[2, 3] += 0.005
+    estimate = PoseEstimate(pose=np.eye(4), valid=True, covariance=np.eye(6))
+    depth = np.ones((4, 4), np.float32)
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    camera = flight()[0].intrinsics.scaled(4, 4)
+    scale.add_kinematics(0, base)
+    scale.add_kinematics(10, moved)
+    _, first = scale.apply(depth, rgb, camera, 0, estimate, None)
+    _, second = scale.apply(depth, rgb, camera, 10, estimate, None)
+    assert first is not None and second is not None
+    np.testing.assert_allclose(first.pose, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(second.pose[:3, 3], (0, 0, 0.005), atol=1e-12)
+    _, lost = scale.apply(depth, rgb, camera, 10**9, estimate, None)
+    assert lost is not None and not lost.valid
+
+
+@pytest.mark.parametrize(('field', 'value', 'match'), [
+    ('source', 'lidar', 'source'), ('kinematics_odometry', 'gps', 'kinematics_odometry'),
+    ('stereo_block_size', 4, 'odd'), ('smoothing', 1.0, 'smoothing'),
+    ('kinematics_time_offset_s', 5.0, 'kinematics_time_offset_s')])
+def test_bad_scale_settings_are_refused_naming_the_setting(field: str, value: object,
+                                                            match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ScaleConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_stereo_and_kinematic_topics_round_trip_through_a_bag(tmp_path: Path) -> None:
+    frames = flight()[:3]
+    bags.write_sequence(tmp_path / 'bag', frames)
+    topics = bags.detect_topics(tmp_path / 'bag')
+    assert (topics.image, topics.right_image) == (bags.TOPIC_IMAGE, bags.TOPIC_RIGHT_IMAGE)
+    assert topics.right_camera_info == bags.TOPIC_RIGHT_CAMERA_INFO
+    assert (topics.kinematics, topics.pose) == (bags.TOPIC_KINEMATICS, bags.TOPIC_POSE)
+    read = list(bags.read_frames(tmp_path / 'bag', topics))
+    assert len(read) == 3
+    for got, frame in zip(read, frames, strict=True):
+        assert frame.right is not None and frame.kinematic_pose is not None
+        np.testing.assert_array_equal(got.right_rgb, frame.right.rgb)
+        assert got.baseline_m == pytest.approx(BASELINE_MM * 1e-3)
+        assert got.kinematics is not None and got.kinematics[0] == frame.stamp_ns
+        np.testing.assert_allclose(got.kinematics[1], frame.kinematic_pose, atol=1e-9)
+
+
+def test_acc_2cm_counts_pixels_within_two_centimetres() -> None:
+    gt = np.array([[0.05, 0.05], [0.05, 0.05]], np.float32)
+    pred = np.array([[0.06, 0.069], [0.075, 0.02]], np.float32)
+    errors = metrics.depth_errors(gt, pred, clamp=False)
+    assert errors is not None and errors['acc_2cm'] == pytest.approx(0.5)
