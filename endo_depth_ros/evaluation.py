@@ -555,7 +555,7 @@ def evaluate_run(
             record.timings_ms = dict(out.timings_ms)
             if window_ms:
                 record.timings_ms['model'] = record.timings_ms.get('model', 0.0) + window_ms
-            record.runtime_ms = float(sum(out.timings_ms.values()))
+            record.runtime_ms = float(sum(record.timings_ms.values()))
             record.view = out.view
             if out.pose is not None and out.pose.valid:
                 record.est_pose = np.asarray(out.pose.pose, dtype=np.float64)
