@@ -15,6 +15,12 @@ computes the papers' metrics with ``endo_depth_ros.metrics``:
 
 The model name ``gt`` is an oracle that returns the bag's ground-truth depth as metric
 depth, to isolate alignment and odometry errors from the network's.
+
+Video models (``vda-*``, ``endodav``) run in each of ``video_modes``: ``stream`` (what
+the node runs: one streaming step per frame) or ``window`` (the authors' offline
+windows over the whole selection, computed first; the pipeline then takes those
+depths frame by frame and the window's cost is shared out evenly over the frames'
+model time). Their table rows read ``name [stream]`` / ``name [window]``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
 from endo_depth_ros.models.base import OutputKind
-from endo_depth_ros.pipeline import FrameResult, ModelConfig, Pipeline, PipelineConfig
+from endo_depth_ros.pipeline import (
+    FrameResult,
+    ModelConfig,
+    Pipeline,
+    PipelineConfig,
+    alignment_for_model,
+    is_video_model,
+)
 from endo_depth_ros.resolution import upsample_depth
 from endo_depth_ros.scale import StereoPair
 
@@ -66,6 +79,10 @@ def progress_bar(progress: ProgressFactory | None, description: str,
 ORACLE = 'gt'
 #: Temporal alignment modes that can be compared (``AlignmentConfig.mode``).
 ALIGN_MODES = ('none', 'stream', 'window')
+#: How video models run: streaming (live) or the authors' offline windows.
+VIDEO_MODES = ('stream', 'window')
+#: Largest clip (bytes of RGB) window mode holds in memory at once.
+MAX_WINDOW_CLIP_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,8 @@ class EvalConfig:
             depth range instead of ``min_depth``/``max_depth`` (set when the user gave none).
         camera: intrinsics for recordings without camera info, or a function of the
             image (width, height) returning them (``--fx/--fy/--cx/--cy``).
+        video_modes: how video models run (``'stream'``, ``'window'``); ignored by
+            per-frame models.
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec('photometric'),)
@@ -123,10 +142,14 @@ class EvalConfig:
     gt_units: str = 'auto'
     range_from_gt: bool = False
     camera: Intrinsics | bags.CameraGuess | None = None
+    video_modes: tuple[str, ...] = ('stream',)
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ConfigError('At least one model must be evaluated.')
+        if not self.video_modes or any(m not in VIDEO_MODES for m in self.video_modes):
+            raise ConfigError(
+                f'Video modes must be some of {VIDEO_MODES}, got {self.video_modes!r}.')
         if not self.align_modes:
             raise ConfigError('At least one alignment mode must be evaluated.')
         for mode in self.align_modes:
@@ -388,16 +411,20 @@ def evaluate(
                     'no_ground_truth')
             info = bags.read_recording_info(path)
             run_config = config_for_recording(config, info, path)
-            for align in config.align_modes:
-                with progress_bar(progress, f'{Path(path).name} {spec.label}/{align}',
+            video = is_video_model(model)
+            for align, video_mode in _runs(model, spec, config):
+                label = f'{spec.label}/{align}' + (f' [{video_mode}]' if video else '')
+                with progress_bar(progress, f'{Path(path).name} {label}',
                                   config.frames or None) as bar:
                     if write_bag is not None and not results:
                         with OutputBag(write_bag, overwrite=overwrite) as out:
                             results.append(evaluate_run(path, topics, spec, model, align,
-                                                        run_config, bar, out, view=info.view))
+                                                        run_config, bar, out, view=info.view,
+                                                        video_mode=video_mode))
                     else:
                         results.append(evaluate_run(path, topics, spec, model, align,
-                                                    run_config, bar, view=info.view))
+                                                    run_config, bar, view=info.view,
+                                                    video_mode=video_mode))
     return results
 
 
@@ -413,6 +440,91 @@ def config_for_recording(config: EvalConfig, info: bags.RecordingInfo,
     return replace(config, gt_units=units)
 
 
+def _runs(model: DepthModel, spec: ModelSpec, config: EvalConfig) -> list[tuple[str, str]]:
+    """(alignment mode, video mode) pairs to run; a video model's collapse to the modes
+    its pipeline really runs (``alignment_for_model``)."""
+    if not is_video_model(model):
+        return [(align, '') for align in config.align_modes]
+    aligns = dict.fromkeys(
+        alignment_for_model(model, pipeline_config_for(config.pipeline, spec, align)).mode
+        for align in config.align_modes)
+    return [(align, mode) for align in aligns for mode in config.video_modes]
+
+
+class PrecomputedVideoModel(DepthModel):
+    """A video model's offline-window output, handed to the pipeline frame by frame.
+
+    Args:
+        model: the video model (its name, output kind and device are reported).
+        depth: (N, H, W) float32 window-mode output for the frames about to be processed.
+    """
+
+    is_video = True
+
+    def __init__(self, model: DepthModel, depth: np.ndarray) -> None:
+        self.name = model.name
+        self.output_kind = model.output_kind
+        self.device = model.device
+        self.precision = model.precision
+        self.backend = model.backend
+        self._model = model
+        self._depth = depth
+        self._next = 0
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._model.input_size
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        return self._model.network_size(height, width)
+
+    def reset(self) -> None:
+        """Nothing to forget: the windows already ran over the whole clip."""
+
+    def _infer_batch(self, batch: np.ndarray) -> np.ndarray:
+        end = self._next + batch.shape[0]
+        if end > len(self._depth):
+            raise BadInputError('More frames than the window run covered.', 'image_shape')
+        out = self._depth[self._next:end]
+        self._next = end
+        return out
+
+
+def _window_depth(path: str | Path, topics: bags.BagTopics, model: DepthModel,
+                  config: EvalConfig) -> tuple[np.ndarray, float]:
+    """Run a video model's offline windows over the selected frames.
+
+    Returns:
+        (N, H, W) float32 depth and the cost per frame (ms).
+
+    Raises:
+        BagError: the selection is empty or too large to hold in memory.
+    """
+    images: list[np.ndarray] = []
+    size = 0
+    for frame in bags.read_frames(path, topics, start=config.start, stop=config.stop,
+                                  stride=config.stride, intrinsics=config.camera):
+        size += frame.rgb.nbytes
+        if size > MAX_WINDOW_CLIP_BYTES:
+            raise BagError(
+                f'{path}: the selection is over {MAX_WINDOW_CLIP_BYTES >> 30} GiB of images, '
+                'too much for window mode at once; select fewer frames (--frames, --stride).')
+        images.append(frame.rgb)
+    if not images:
+        raise BagError(f'{path}: no frames in the selected range (start={config.start}, '
+                       f'frames={config.frames}, stride={config.stride}).')
+    infer_video = getattr(model, 'infer_video', None)
+    if infer_video is None:
+        raise ConfigError(f'{model.name} is not a video model: it has no window mode.')
+    start = time.perf_counter()
+    depth = infer_video(np.stack(images))
+    return depth, _ms(start) / len(images)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
 def evaluate_run(
     path: str | Path,
     topics: bags.BagTopics,
@@ -424,11 +536,18 @@ def evaluate_run(
     output_bag: OutputBag | None = None,
     *,
     view: np.ndarray | None = None,
+    video_mode: str = '',
 ) -> RunResult:
     """Run one bag through a fresh ``Pipeline`` with ``model`` and score it.
 
     ``view`` is the recording's own field of view (else the pipeline detects it).
+    ``video_mode`` ``'window'`` runs a video model's offline windows first (see the
+    module docstring); ``''``/``'stream'``: the model runs frame by frame.
     """
+    window_ms = 0.0
+    if video_mode == 'window':
+        depth, window_ms = _window_depth(path, topics, model, config)
+        model = PrecomputedVideoModel(model, depth)
     pipeline = Pipeline(pipeline_config_for(config.pipeline, spec, align), model=model)
     if config.pipeline.field_of_view.mode != 'off':  # off means every pixel, as asked
         pipeline.field_of_view.set_fixed(view)
@@ -445,7 +564,9 @@ def evaluate_run(
             record.depth = upsample_depth(out.depth, out.input_size or out.intrinsics.size)
             record.fallback = out.fallback
             record.timings_ms = dict(out.timings_ms)
-            record.runtime_ms = float(sum(out.timings_ms.values()))
+            if window_ms:
+                record.timings_ms['model'] = record.timings_ms.get('model', 0.0) + window_ms
+            record.runtime_ms = float(sum(record.timings_ms.values()))
             record.view = out.view
             if out.pose is not None and out.pose.valid:
                 record.est_pose = np.asarray(out.pose.pose, dtype=np.float64)
@@ -487,8 +608,9 @@ def evaluate_run(
     records.extend(pending.values())
     records.sort(key=lambda r: r.index)
 
-    result = RunResult(bag=str(path), model=spec.label, align=align, protocol=config.protocol,
-                       output_kind=model.output_kind,
+    label = f'{spec.label} [{video_mode}]' if video_mode else spec.label
+    result = RunResult(bag=str(path), model=label, align=pipeline.aligner.config.mode,
+                       protocol=config.protocol, output_kind=model.output_kind,
                        gt_units=config.gt_units if config.gt_units != 'auto' else 'metric')
     score_records(result, records, intrinsics, config)
     result.summary['fps'] = len(records) / wall_s if wall_s > 0 and records else None

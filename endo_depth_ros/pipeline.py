@@ -41,6 +41,8 @@ from endo_depth_ros.temporal import AlignedFrame, AlignmentConfig, TemporalAlign
 #: Names of the per-stage timings in ``FrameResult.timings_ms`` (``scale`` only with a
 #: scale source or kinematic poses configured, see ``endo_depth_ros.scale``).
 STAGES = ('model', 'odometry', 'alignment', 'scale', 'geometry')
+#: Values of ``ModelConfig.video_alignment``.
+VIDEO_ALIGNMENTS = ('scale', 'aligner')
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class ModelConfig:
         min_period_s: each inference takes at least this long (the pipeline sleeps the
             rest); 0 disables. Emulates a slower model (e.g. a large ViT on a small GPU)
             for overload tests and live evaluations.
+        video_alignment: video models (vda-*, endodav), which keep depth consistent
+            themselves: 'scale' applies only the metric-scale policy of the alignment
+            (the first frame's scale and shift carried unchanged, alignment mode none),
+            'aligner' runs alignment.mode as for per-frame models.
     """
 
     name: str = 'photometric'
@@ -72,10 +78,14 @@ class ModelConfig:
     input_size: int = 0
     max_depth_m: float = 0.0
     min_period_s: float = 0.0
+    video_alignment: str = 'scale'
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError('model name must not be empty.')
+        if self.video_alignment not in VIDEO_ALIGNMENTS:
+            raise ConfigError(f'model video_alignment must be one of {VIDEO_ALIGNMENTS}, '
+                              f'got {self.video_alignment!r}.')
         if self.input_size != 0 and self.input_size < 14:
             raise ConfigError(
                 f'model input_size must be 0 (official size) or at least 14, got '
@@ -194,15 +204,16 @@ class Pipeline:
         """
         self.config = config if config is not None else PipelineConfig()
         self.model = model if model is not None else self.config.model.load()
-        self.aligner = TemporalAligner(self.config.alignment)
+        alignment = alignment_for_model(self.model, self.config)
+        self.aligner = TemporalAligner(alignment)
         self.odometry = VisualOdometry(self.config.odometry)
         self.scale = MetricScale(self.config.scale)
         self.field_of_view = FieldOfView(self.config.field_of_view)
-        self._windowed = self.config.alignment.mode == 'window'
+        self._windowed = alignment.mode == 'window'
         # Window mode: a stream aligner gives each frame a depth on arrival (for odometry).
-        self._provisional = (TemporalAligner(replace(self.config.alignment, mode='stream',
-                                                     blend=0.0))
+        self._provisional = (TemporalAligner(replace(alignment, mode='stream', blend=0.0))
                              if self._windowed else None)
+        reset_model_stream(self.model)  # a new pipeline is a new stream
         self._in_flight: OrderedDict[int, _InFlight] = OrderedDict()
         self._next_index = 0
         self._last_stamp_ns: int | None = None
@@ -269,6 +280,10 @@ class Pipeline:
                                     stereo.baseline_m)
             intrinsics = intrinsics_working
             timings['resize'] = _ms_since(start)
+        new_camera = self._camera is not None and intrinsics != self._camera
+        if new_camera:
+            # A video model must not attend to the previous camera's frames.
+            reset_model_stream(self.model)
         start = time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
         self._pad_model_time(start)
@@ -279,11 +294,11 @@ class Pipeline:
         timings['model'] = _ms_since(start)
 
         results: list[FrameResult] = []
-        if self._camera is not None and intrinsics != self._camera:
+        if new_camera:
             # A new camera (resolution, zoom, calibration): earlier depths and poses no
             # longer relate to the new frames, so finish them and start a new stream.
             results.extend(self.flush())
-            self._restart()
+            self._restart(reset_model=False)
         self._camera = intrinsics
         self._last_stamp_ns = stamp_ns
         index = self._next_index
@@ -360,7 +375,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ internals
 
-    def _restart(self) -> None:
+    def _restart(self, *, reset_model: bool = True) -> None:
+        if reset_model:
+            reset_model_stream(self.model)
         self.aligner.reset()
         if self._provisional is not None:
             self._provisional.reset()
@@ -468,6 +485,34 @@ class Pipeline:
         limit = 2 * max(cfg.window, cfg.buffer_capacity)
         while len(self._in_flight) > limit:
             self._in_flight.popitem(last=False)
+
+
+def is_video_model(model: DepthModel) -> bool:
+    """Whether ``model`` keeps its own temporal state (``infer`` streams; ``reset()``)."""
+    return bool(getattr(model, 'is_video', False))
+
+
+def reset_model_stream(model: DepthModel) -> None:
+    """Clear a video model's cache (a new stream starts); no-op for per-frame models."""
+    reset = getattr(model, 'reset', None)
+    if is_video_model(model) and reset is not None:
+        reset()
+
+
+def alignment_for_model(model: DepthModel, config: PipelineConfig) -> AlignmentConfig:
+    """The alignment the pipeline runs for ``model``.
+
+    A video model carries its own temporal state: its frames already share one scale
+    and shift (streaming attends to cached frames, the first one always among them), so
+    re-fitting every frame against earlier outputs would only add the fits' noise and
+    drift to a consistent sequence. With ``video_alignment='scale'`` (default) it gets
+    mode ``none``: the metric-scale policy (``scale_source``) fixes the first frame's
+    scale and shift and carries them unchanged. Measured on the synthetic flight: see the
+    README, "Video models".
+    """
+    if is_video_model(model) and config.model.video_alignment == 'scale':
+        return replace(config.alignment, mode='none')
+    return config.alignment
 
 
 def _ms_since(start: float) -> float:

@@ -14,7 +14,14 @@ trained at 256x320, so its network input is 256x320 at every image size), SC-SfM
 (ResNet-18, short side = image short side rounded to 32) and EndoDAC (ViT-B, 256x320
 training size).
 
-Table 2 scores the photometric prior on synthetic sequences (``endo_depth_ros.synth``):
+Table 2 (unless ``--skip-video``) times Video Depth Anything ViT-S (random weights) at
+the same sizes: a streaming step (``infer``: the backbone on one frame, the temporal
+head attending to 31 cached frames) and window mode's cost per output frame
+(``infer_video`` over ``--video-frames`` frames: 32-frame windows with a stride of 22,
+so each output frame costs about 32/22 backbone passes), each against DAv2-S per
+frame timed in the same run: the ratios are the temporal head's cost.
+
+Table 3 scores the photometric prior on synthetic sequences (``endo_depth_ros.synth``):
 Spearman rank correlation of the predicted and true depth, AbsRel and δ<1.25 after
 per-frame median scaling, and the AbsRel of a constant prediction (the median true
 depth) as the baseline it must beat.
@@ -56,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='comma-separated extra network families to time in torch '
                              '(monodepth2, af-sfmlearner, sc-sfmlearner, endodac; empty: '
                              'none; default: %(default)s)')
+    parser.add_argument('--skip-video', action='store_true',
+                        help='no Video Depth Anything table')
+    parser.add_argument('--video-frames', type=int, default=44,
+                        help='frames of the window-mode clip (default: %(default)s, two '
+                             'windows)')
     parser.add_argument('--accuracy-frames', type=int, default=24,
                         help='frames per synthetic sequence for the accuracy table '
                              '(0 skips it; default: %(default)s)')
@@ -91,6 +103,15 @@ def run(args: argparse.Namespace) -> None:
             rows.append(_row(family_model, height, width, ms))
     tmp.cleanup()
     print_table('Depth models on this CPU (ms/frame, median)', rows)
+    if not args.skip_networks and not args.skip_video:
+        if args.video_frames < 1:
+            raise ConfigError(f'--video-frames must be >= 1, got {args.video_frames}.')
+        video_rows = []
+        for width, height in sizes:
+            rgb = rng.integers(0, 256, (height, width, 3), np.uint8)
+            video_rows.extend(video_model_rows(rgb, args.repeats, args.video_frames))
+        print_table('Video Depth Anything ViT-S vs DAv2-S per frame (ms/frame, median)',
+                    video_rows)
     if args.accuracy_frames > 0:
         print_table('Photometric prior on synthetic sequences (per-frame median scaling)',
                     photometric_accuracy(frames=args.accuracy_frames))
@@ -177,6 +198,36 @@ def random_family_model(name: str, folder: Path, input_size: int) -> DepthModel:
     """``name`` with random weights in its official layout under ``folder``, loaded (CPU)."""
     path = _FAMILY_CHECKPOINTS[name](folder)
     return models.load(name, path, device='cpu', precision='fp32', input_size=input_size)
+
+
+def video_model_rows(
+    rgb: np.ndarray, repeats: int, clip_frames: int,
+) -> list[dict[str, object]]:
+    """VDA-S streaming and window mode vs DAv2-S per frame (random weights) at one size."""
+    from endo_depth_ros.models import video_depth_anything as vda
+
+    height, width = rgb.shape[:2]
+    size = min(height, width)
+    per_frame = random_weights_model('dav2-s', size)
+    dav2_ms = median_ms(lambda: per_frame.infer(rgb), repeats=repeats, warmup=1)
+    network = vda.build_video_network(vda.video_config('s'))
+    video = vda.VideoDepthModel(network, name='vda-s', output_kind='relative_disparity',
+                                device='cpu', precision='fp32', input_size=size)
+    for _ in range(3):  # past the first frame: every later step reads 31 cached frames
+        video.infer(rgb)
+    stream_ms = median_ms(lambda: video.infer(rgb), repeats=repeats, warmup=0)
+    clip = np.repeat(rgb[None], clip_frames, axis=0)
+    window_ms = median_ms(lambda: video.infer_video(clip), repeats=1, warmup=0) / clip_frames
+    net_h, net_w = video.network_size(height, width)
+    common = {'image (WxH)': f'{width}x{height}', 'network input (WxH)': f'{net_w}x{net_h}'}
+    return [
+        {'model': 'dav2-s', 'mode': 'per frame', **common, 'ms/frame': dav2_ms,
+         'vs dav2-s': 1.0},
+        {'model': 'vda-s', 'mode': 'stream', **common, 'ms/frame': stream_ms,
+         'vs dav2-s': stream_ms / dav2_ms},
+        {'model': 'vda-s', 'mode': f'window ({clip_frames} frames)', **common,
+         'ms/frame': window_ms, 'vs dav2-s': window_ms / dav2_ms},
+    ]
 
 
 def photometric_accuracy(

@@ -7,6 +7,8 @@ Examples::
         --align none --align stream --align window --protocol median
     endo-depth-eval seq.mcap --model dav2-s --checkpoint vits.pth --protocol sequence-affine
     endo-depth-eval seq.mcap --live                               # through the ROS node
+    endo-depth-eval seq.mcap --model vda-s --checkpoint video_depth_anything_vits.pth \
+        --video-mode stream --video-mode window --protocol sequence-affine
 
 Every (bag, model, alignment mode) combination runs through the same pipeline as the
 node; ``--live`` replays the bag into a separate node process over real topics instead.
@@ -71,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--align', action='append', choices=evaluation.ALIGN_MODES,
                        dest='align_modes', help='temporal alignment mode (repeatable); '
                        'default stream')
+    group.add_argument('--video-mode', action='append', choices=evaluation.VIDEO_MODES,
+                       dest='video_modes',
+                       help='video models (vda-*, endodav): stream (as the node) or window '
+                            '(offline windows); repeatable (default stream)')
+    group.add_argument('--video-alignment', choices=('scale', 'aligner'), default='scale',
+                       help="video models: 'scale' (default) keeps only the metric-scale "
+                            "policy, 'aligner' runs --align as for per-frame models")
     group.add_argument('--device', default='auto', help='model device (default auto)')
     group.add_argument('--input-size', type=int, default=0,
                        help='network input size in pixels (default 0: the official size, '
@@ -146,7 +155,8 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     if args.input_size != 0 and args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14, got {args.input_size}.')
     base = replace(base, model=replace(base.model, device=args.device,
-                                       input_size=args.input_size))
+                                       input_size=args.input_size,
+                                       video_alignment=args.video_alignment))
     base = replace(base, scale=scale_config(args.scale_source, args.scale_param))
     if args.fov == 'off':
         base = replace(base, field_of_view=replace(base.field_of_view, mode='off'))
@@ -168,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
         range_from_gt=args.min_depth is None and args.max_depth is None,
         start=args.start, frames=args.frames, stride=args.stride, pipeline=base,
         topics=topics, contact_frames=args.contact_frames, gt_units=args.gt_units,
-        camera=camera_from_args(args))
+        camera=camera_from_args(args),
+        video_modes=tuple(dict.fromkeys(args.video_modes or ['stream'])))
 
 
 def camera_from_args(args: argparse.Namespace) -> Intrinsics | CameraGuess | None:

@@ -80,8 +80,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.input_size != 0 and args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
                           f'{args.input_size}.')
+    from endo_depth_ros.models.video_depth_anything import is_video_name
     check_image_size(args.width, args.height)
     prepare_file_output(args.out, overwrite=args.overwrite, inputs=[args.checkpoint])
+    if is_video_name(args.name):
+        return _export_video(args)
     if args.name in FAMILY_MODULES:
         if args.max_depth is not None:
             raise ConfigError(f'--max-depth applies to Depth Anything V2 metric models only, '
@@ -108,6 +111,40 @@ def _run(args: argparse.Namespace) -> int:
         scale = float(np.abs(reference).max()) or 1.0
         error = float(np.abs(exported - reference).max()) / scale
         print(f'{PROG}: onnxruntime vs torch max relative difference {error:.2e}')
+    return 0
+
+
+def _export_video(args: argparse.Namespace) -> int:
+    """A video model's streaming step (image + cached states in, depth + states out)."""
+    from endo_depth_ros.models import load
+    from endo_depth_ros.models.video_depth_anything import (
+        OnnxVideoDepthModel,
+        VideoDepthModel,
+        export_video_onnx,
+    )
+
+    if args.precision != 'fp32' or args.static_batch or args.max_depth is not None:
+        raise ConfigError('Video models export in fp32, batch 1, without --max-depth.')
+    model = load(args.name, args.checkpoint, device='cpu', precision='fp32',
+                 input_size=args.input_size)
+    if not isinstance(model, VideoDepthModel):
+        raise ConfigError(f'{args.name} did not load as a video model.')
+    path = export_video_onnx(model, args.out, args.height, args.width, opset=args.opset)
+    net_h, net_w = model.network_size(args.height, args.width)
+    print(f'{PROG}: wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {args.name} streaming '
+          f'step, {args.height}x{args.width} images, network input {net_h}x{net_w}, '
+          f'opset {args.opset}')
+    if not args.no_verify:
+        rng = np.random.default_rng(0)
+        exported = OnnxVideoDepthModel(path, name=args.name)
+        error = 0.0
+        for _ in range(3):  # the first frame, then cached steps
+            rgb = rng.integers(0, 256, (args.height, args.width, 3), np.uint8)
+            reference = model.infer(rgb)
+            scale = float(np.abs(reference).max()) or 1.0
+            error = max(error, float(np.abs(exported.infer(rgb) - reference).max()) / scale)
+        print(f'{PROG}: onnxruntime vs torch (3 streaming steps) max relative difference '
+              f'{error:.2e}')
     return 0
 
 

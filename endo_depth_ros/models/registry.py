@@ -19,6 +19,11 @@ Names (``MODEL_NAMES``):
   normalisation and depth range); ``sc-sfmlearner``: SC-SfMLearner/Endo-SfMLearner
   ``dispnet_*.pth.tar``. Relative disparity.
 - ``zoedepth``: ZoeDepth Hugging Face folders, metric depth in metres.
+- ``vda-s|b|l``, ``vda-metric-s|b|l``: Video Depth Anything (relative disparity /
+  metres), a video model: ``infer`` streams, ``infer_video`` runs offline windows.
+- ``vda`` / ``vda-metric``: like the sized names, ViT size read from the checkpoint.
+- ``endodav``: EndoDAV (VDA fine-tuned with adapters, merged at load; size from the
+  checkpoint), a video model like VDA.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ MODEL_NAMES: tuple[str, ...] = (
     'midas-dpt-large',
     'dav1', 'dav2', 'dav2-metric',
     'endodac', 'monodepth2', 'af-sfmlearner', 'sc-sfmlearner', 'zoedepth',
+    'vda-s', 'vda-b', 'vda-l', 'vda-metric-s', 'vda-metric-b', 'vda-metric-l',
+    'vda', 'vda-metric', 'endodav',
 )
 #: Names served by a family module other than depth_anything.py: name -> module.
 FAMILY_MODULES: dict[str, str] = {
@@ -119,6 +126,22 @@ def load(
     path = Path(checkpoint)
     if not path.exists():
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
+    from endo_depth_ros.models.video_depth_anything import is_video_name, load_video_model
+    if is_video_name(name):
+        if backend == 'onnxruntime':
+            from endo_depth_ros.models.video_depth_anything import OnnxVideoDepthModel
+            return OnnxVideoDepthModel(path, name=name, device=device)
+        if backend != 'torch':
+            raise ConfigError(
+                f'Video model {name!r} runs with torch or onnxruntime; TensorRT engines of '
+                'its streaming step are not built yet (see the README, "Video models").')
+        if max_depth is not None:
+            raise ConfigError(
+                f'max_depth does not apply to {name!r}: Video Depth Anything heads are '
+                'unbounded (metric models output metres directly).')
+        # The official video models run at 518 (short side) unless told otherwise.
+        return load_video_model(name, path, device=device, precision=precision,
+                                input_size=input_size or 518)
     from endo_depth_ros.models.depth_anything import check_max_depth, parse_name
 
     if name in FAMILY_MODULES:

@@ -66,7 +66,7 @@ from endo_depth_ros.cli.common import EXIT_USAGE
 from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
 from endo_depth_ros.models import DepthModel
-from endo_depth_ros.pipeline import FrameResult, Pipeline
+from endo_depth_ros.pipeline import FrameResult, Pipeline, is_video_model
 from endo_depth_ros.resolution import upsample_depth
 from endo_depth_ros.ros import conversions, diagnostics, qos
 from endo_depth_ros.ros.parameters import (
@@ -188,7 +188,7 @@ class DepthNode(Node):
         self.get_logger().info(
             f'Ready: model {model_.name} ({model_.backend}, {model_.device}, '
             f'{model_.precision}, {model_.output_kind}), alignment '
-            f'{config.alignment.mode}, listening on {self._image_topic} + '
+            f'{self._pipeline.aligner.config.mode}, listening on {self._image_topic} + '
             f'{self._info_topic}.')
         if start_worker:
             self._worker = threading.Thread(target=self._run_worker, name='endo_depth_worker',
@@ -636,7 +636,10 @@ class DepthNode(Node):
             'model.precision': model.precision,
             'model.output_kind': model.output_kind,
             'model.max_depth_m': 'n/a' if model.max_depth is None else f'{model.max_depth:g}',
-            'alignment.mode': self._pipeline.config.alignment.mode,
+            'alignment.mode': self._pipeline.aligner.config.mode,
+            # Video models: earlier frames in the streaming cache / most it holds.
+            **({'model.video_cache': '{}/{}'.format(*getattr(model, 'cache_fill', (0, 0)))}
+               if is_video_model(model) else {}),
             'alignment.fallbacks': getattr(aligner_stats, 'fallbacks', 'n/a'),
             'alignment.resets': getattr(aligner_stats, 'resets', 'n/a'),
             'odometry.state': estimate.state if estimate is not None else 'off',
