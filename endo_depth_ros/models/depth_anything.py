@@ -605,11 +605,14 @@ class TorchDepthModel(DepthModel):
         name: registry name reported by ``name``.
         output_kind: what the network emits.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` (never a silent fallback).
-        precision: ``'auto'`` (fp16 on CUDA), ``'fp32'``, ``'fp16'`` (CUDA autocast only).
+        precision: ``'auto'`` (fp16 on CUDA), ``'fp32'``, ``'fp16'`` (CUDA autocast only),
+            ``'bf16'`` (CPU autocast where the CPU has native bf16; CUDA autocast).
         input_size: short side of the network input (pixels); rounded to a multiple of
             14 (Depth Anything) or 32 (DPT).
         warmup: run one inference on a square ``input_size`` image now, so the first
             real frame does not pay for lazy initialisation.
+        resize: ``'official'`` or ``'auto'`` (``preprocessing.RESIZE_MODES``).
+        compile: ``torch.compile`` the forward (``torch_runtime``; opt-in, slow first call).
     """
 
     def __init__(
@@ -622,13 +625,18 @@ class TorchDepthModel(DepthModel):
         precision: str = 'auto',
         input_size: int = 518,
         warmup: bool = True,
+        resize: str = 'official',
+        compile: bool = False,
     ) -> None:
+        from endo_depth_ros.models.torch_runtime import TorchRunner
+
         self.name = name
         self.output_kind = output_kind
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.backend = 'torch'
-        self.net = DepthNet(network, input_size).to(self.device).eval()
+        self.net = DepthNet(network, input_size, resize).to(self.device).eval()
+        self.runner = TorchRunner(self.net, self.device, self.precision, compile=compile)
         self._last_size = self.net.network_size(input_size, input_size)
         if warmup:
             self.infer(np.zeros((input_size, input_size, 3), np.uint8))
@@ -642,11 +650,4 @@ class TorchDepthModel(DepthModel):
 
     def _infer_batch(self, batch: np.ndarray) -> np.ndarray:
         self._last_size = self.net.network_size(batch.shape[1], batch.shape[2])
-        with torch.inference_mode():
-            rgb = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
-            if self.precision == 'fp16':
-                with torch.autocast('cuda', dtype=torch.float16):
-                    out = self.net(rgb)
-            else:
-                out = self.net(rgb)
-            return out.float().cpu().numpy()
+        return self.runner(batch)

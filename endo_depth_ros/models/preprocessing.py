@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from endo_depth_ros.errors import BackendUnavailableError, ConfigError
+from endo_depth_ros.models import hardware
 
 #: ImageNet statistics, used by Depth Anything (DINOv2 backbone).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,6 +24,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: MiDaS v3 / DPT normalise to [-1, 1].
 DPT_MEAN = (0.5, 0.5, 0.5)
 DPT_STD = (0.5, 0.5, 0.5)
+#: How the network input size follows the camera: ``'auto'`` scales the short side to
+#: ``input_size`` but never above the camera's own short side (rounded to the patch
+#: multiple), so a small camera is not upsampled into a slower, no more detailed input;
+#: ``'official'`` always scales the short side to ``input_size``, as the authors' code.
+RESIZE_MODES: tuple[str, ...] = ('auto', 'official')
 
 
 def network_size(height: int, width: int, input_size: int, multiple: int) -> tuple[int, int]:
@@ -77,14 +83,24 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``'auto'`` -> fp16 on CUDA, fp32 on CPU; fp16 on the CPU is refused.
+    """``'auto'`` -> fp16 on CUDA, fp32 on CPU; fp16 on the CPU and bf16 without it refused.
+
+    ``auto`` stays fp32 on the CPU here: the ``auto`` backend choice
+    (``endo_depth_ros.models.auto``) decides whether bf16 is worth it for a network.
 
     Raises:
-        ConfigError: unknown value, or ``'fp16'`` on the CPU (slow and inaccurate there).
+        ConfigError: unknown value, ``'fp16'`` on the CPU (slow and inaccurate there), or
+            ``'bf16'`` on a CPU without native bf16 (``hardware.cpu_supports_bf16``).
     """
     if precision == 'auto':
         return 'fp16' if device.startswith('cuda') else 'fp32'
     if precision == 'fp32':
+        return precision
+    if precision == 'bf16':
+        if not device.startswith('cuda') and not hardware.cpu_supports_bf16():
+            raise ConfigError(
+                f"precision 'bf16' needs a CPU with native bf16 (AMX or AVX512-BF16); "
+                f'{hardware.cpu_name()} has neither. Use precision fp32 or auto.')
         return precision
     if precision == 'fp16':
         if not device.startswith('cuda'):
@@ -92,7 +108,8 @@ def resolve_precision(precision: str, device: str) -> str:
                 f"precision 'fp16' needs a CUDA device (device is {device!r}); "
                 "use precision 'fp32' or 'auto' on the CPU.")
         return precision
-    raise ConfigError(f"Unknown precision {precision!r}; expected 'auto', 'fp32' or 'fp16'.")
+    raise ConfigError(
+        f"Unknown precision {precision!r}; expected 'auto', 'fp32', 'fp16' or 'bf16'.")
 
 
 class DepthNet(nn.Module):
@@ -102,15 +119,19 @@ class DepthNet(nn.Module):
         network: a transformers ``DepthAnythingForDepthEstimation`` or
             ``DPTForDepthEstimation``.
         input_size: short side of the network input (pixels).
+        resize: ``'auto'`` or ``'official'`` (see ``RESIZE_MODES``).
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, network: nn.Module, input_size: int) -> None:
+    def __init__(self, network: nn.Module, input_size: int, resize: str = 'official') -> None:
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise ConfigError(f'Unknown input resize {resize!r}; expected one of {RESIZE_MODES}.')
         self.network = network
         self.input_size = input_size
+        self.resize = resize
         is_dpt = getattr(network.config, 'model_type', '') == 'dpt'
         self.multiple = 32 if is_dpt else 14
         self.square = is_dpt
@@ -124,10 +145,14 @@ class DepthNet(nn.Module):
         transformers' DPT reshapes ViT tokens to a square grid, so DPT models get a
         square input (as its image processor does); Depth Anything keeps the aspect.
         """
+        target = self.input_size
+        if self.resize == 'auto':
+            own = max(self.multiple, round(min(height, width) / self.multiple) * self.multiple)
+            target = min(target, own)
         if self.square:
-            side = network_size(1, 1, self.input_size, self.multiple)[0]
+            side = network_size(1, 1, target, self.multiple)[0]
             return side, side
-        return network_size(height, width, self.input_size, self.multiple)
+        return network_size(height, width, target, self.multiple)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``rgb``: (N, H, W, 3) uint8 -> (N, H, W) float32 network output."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from endo_depth_ros.errors import BackendUnavailableError, ConfigError, ModelLoadError
+from endo_depth_ros.models.auto import Plan
 from endo_depth_ros.models.base import DepthModel
 
 #: Every name ``load()`` accepts.
@@ -27,10 +28,10 @@ MODEL_NAMES: tuple[str, ...] = (
     'dpt-hybrid', 'dpt-large',
     'dav1', 'dav2', 'dav2-metric',
 )
-#: Values of ``load(backend=...)``.
-BACKENDS: tuple[str, ...] = ('torch', 'onnxruntime', 'tensorrt')
+#: Values of ``load(backend=...)`` (``auto``: see ``endo_depth_ros.models.auto``).
+BACKENDS: tuple[str, ...] = ('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt')
 #: Values of ``load(precision=...)``.
-PRECISIONS: tuple[str, ...] = ('auto', 'fp32', 'fp16')
+PRECISIONS: tuple[str, ...] = ('auto', 'fp32', 'fp16', 'bf16')
 
 
 def load(
@@ -39,8 +40,10 @@ def load(
     *,
     device: str = 'auto',
     precision: str = 'auto',
-    backend: str = 'torch',
+    backend: str = 'auto',
     input_size: int = 518,
+    input_resize: str = 'auto',
+    compile: bool = False,
 ) -> DepthModel:
     """Build a depth model by name and load its weights.
 
@@ -48,28 +51,37 @@ def load(
         name: one of ``MODEL_NAMES``.
         checkpoint: weights of a network model: a Hugging Face folder (``config.json``
             + ``model.safetensors``), an official Depth Anything ``.pth`` state dict, or
-            a single ``.safetensors``/``.pth`` file in Hugging Face key layout. For
-            ``backend='onnxruntime'``/``'tensorrt'``: the ``.onnx`` file written by
-            ``endo-depth-export``. Must be ``None`` for ``photometric``.
+            a single ``.safetensors``/``.pth`` file in Hugging Face key layout; or a file
+            written by ``endo-depth-export`` (``.onnx``; ``.xml`` OpenVINO IR). Must be
+            ``None`` for ``photometric``.
         device: ``'auto'`` (CUDA if available, else CPU), ``'cpu'``, ``'cuda'``,
             ``'cuda:N'``. Never falls back silently: an unavailable device raises.
-        precision: ``'auto'`` (fp16 on CUDA, fp32 on CPU), ``'fp32'`` or ``'fp16'``
-            (CUDA only: fp16 on the CPU raises ``ConfigError``).
-        backend: ``'torch'``, ``'onnxruntime'`` or ``'tensorrt'``.
+        precision: ``'auto'`` (the fastest within ``auto.ACCURACY_BUDGET``: fp16 on
+            CUDA, bf16 on CPUs with native bf16, else fp32), ``'fp32'``, ``'fp16'``
+            (CUDA only) or ``'bf16'`` (CPUs with AMX/AVX512-BF16, or CUDA).
+        backend: ``'auto'`` (see ``endo_depth_ros.models.auto``), ``'torch'``,
+            ``'onnxruntime'``, ``'openvino'`` or ``'tensorrt'``.
         input_size: short side of the network input in pixels (rounded to a multiple of
             14; DPT: a square multiple of 32). Ignored by ``photometric`` (it works at its
-            own low resolution) and by ONNX/TensorRT files (the size is fixed at export).
+            own low resolution) and by exported files (the size is fixed at export).
+        input_resize: ``'auto'`` (never upsample a camera beyond its own short side) or
+            ``'official'`` (always scale the short side to ``input_size``, as the authors).
+        compile: ``torch.compile`` the torch backend (opt-in; the first frame of each
+            size compiles for tens of seconds).
 
     Returns:
-        A ready (warmed-up) ``DepthModel``.
+        A ready ``DepthModel``; ``selection`` says which path ``auto`` took and why.
 
     Raises:
         ModelLoadError: unknown name, missing or unreadable checkpoint, wrong file
             format, or weights that do not fit the architecture (missing, unexpected or
             mis-shaped keys are listed, with the file name).
         BackendUnavailableError: the device or runtime asked for is not installed/present.
-        ConfigError: a bad option value (backend, precision, input_size).
+        ConfigError: a bad option value (backend, precision, input_size), or a precision
+            the hardware lacks.
     """
+    from endo_depth_ros.models import auto
+
     if name not in MODEL_NAMES:
         raise ModelLoadError(
             f'Unknown depth model {name!r}; known models: {", ".join(MODEL_NAMES)}.')
@@ -79,6 +91,9 @@ def load(
         raise ConfigError(f'Unknown precision {precision!r}; expected one of {PRECISIONS}.')
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 14:
         raise ConfigError(f'input_size must be an integer >= 14, got {input_size!r}.')
+    if input_resize not in ('auto', 'official'):
+        raise ConfigError(
+            f"input_resize must be 'auto' or 'official', got {input_resize!r}.")
     if name == 'photometric':
         return _load_photometric(checkpoint, device, precision, backend)
     if checkpoint is None:
@@ -88,21 +103,59 @@ def load(
     path = Path(checkpoint)
     if not path.exists():
         raise ModelLoadError(f'Checkpoint of {name!r} not found: {path}')
+    kind = auto.checkpoint_kind(path)
+    if kind != 'torch':
+        plan = auto.plan_for_export(kind, backend, device, precision)
+        model = _load_export(plan, path, name, device)
+    else:
+        model, plan = _load_network(name, path, backend, device, precision, input_size,
+                                    input_resize, compile)
+    model.selection = f'{model.backend} {model.precision}: {plan.reason}'
+    return model
+
+
+def _load_export(plan: Plan, path: Path, name: str, device: str) -> DepthModel:
+    backend, precision = plan.backend, plan.precision
     if backend == 'onnxruntime':
         from endo_depth_ros.models.onnx_runtime import OnnxDepthModel
         return OnnxDepthModel(path, name=name, device=device, precision=precision)
+    if backend == 'openvino':
+        from endo_depth_ros.models.openvino import OpenVinoDepthModel
+        return OpenVinoDepthModel.from_file(path, name=name, device=device, precision=precision)
     if backend == 'tensorrt':
         from endo_depth_ros.models.tensorrt import TensorRTDepthModel
         return TensorRTDepthModel(path, name=name, device=device, precision=precision)
+    raise ConfigError(f'backend {backend!r} runs a torch checkpoint, not the export {path}.')
+
+
+def _load_network(name: str, path: Path, backend: str, device: str, precision: str,
+                  input_size: int, input_resize: str, compile: bool,
+                  ) -> tuple[DepthModel, Plan]:
+    from endo_depth_ros.models import auto
     from endo_depth_ros.models.depth_anything import TorchDepthModel, load_network
     from endo_depth_ros.models.preprocessing import resolve_device, resolve_precision
 
-    # Refuse an unavailable device before reading (possibly large) weights.
+    if backend == 'openvino':
+        from endo_depth_ros.models.openvino import _check_device, import_openvino
+        _check_device(device)
+        import_openvino()
+        device = 'cpu'
+    # Refuse an unavailable device or precision before reading (possibly large) weights.
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
+    if precision != 'auto' and backend in ('auto', 'torch'):
+        resolve_precision(precision, device)
     network, output_kind = load_network(name, path)
-    return TorchDepthModel(network, name=name, output_kind=output_kind, device=device,
-                           precision=precision, input_size=input_size)
+    plan = auto.plan_for_network(network, backend, device, precision)
+    on_torch = plan.backend == 'torch'
+    model: DepthModel = TorchDepthModel(
+        network, name=name, output_kind=output_kind, device=device,
+        precision=plan.precision if on_torch else 'fp32', input_size=input_size,
+        resize=input_resize, compile=compile and on_torch, warmup=on_torch)
+    if plan.backend == 'openvino':
+        from endo_depth_ros.models.openvino import OpenVinoDepthModel
+        # Converted and compiled per camera size on its first frame (cached on disk).
+        model = OpenVinoDepthModel.from_torch(model, precision=plan.precision)
+    return model, plan
 
 
 def _load_photometric(
@@ -112,12 +165,15 @@ def _load_photometric(
     if checkpoint is not None:
         raise ModelLoadError(
             f"Model 'photometric' has no weights; got checkpoint {str(checkpoint)!r}.")
-    if backend != 'torch':
+    if backend not in ('auto', 'torch'):
         raise ConfigError(
             f"Model 'photometric' runs with OpenCV only; backend {backend!r} does not apply.")
     if device not in ('auto', 'cpu'):
         raise BackendUnavailableError(
             f"Model 'photometric' runs on the CPU only; device {device!r} is not supported.")
-    if precision == 'fp16':
-        raise ConfigError("Model 'photometric' computes in fp32 only; got precision 'fp16'.")
-    return PhotometricModel()
+    if precision in ('fp16', 'bf16'):
+        raise ConfigError(
+            f"Model 'photometric' computes in fp32 only; got precision {precision!r}.")
+    model = PhotometricModel()
+    model.selection = 'opencv fp32: the photometric prior has no backend choice'
+    return model
