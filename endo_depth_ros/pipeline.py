@@ -45,10 +45,16 @@ class ModelConfig:
     Attributes:
         name: registry name (``'photometric'``, ``'dav2-s'``, ...).
         checkpoint: weights file; ``''`` for the model's default (none for photometric).
-        backend: ``'torch'``, ``'onnxruntime'``, ``'tensorrt'``.
+        backend: ``'auto'`` (the fastest path this machine has within the accuracy budget
+            of ``endo_depth_ros.models.auto``), ``'torch'``, ``'onnxruntime'``,
+            ``'openvino'``, ``'tensorrt'``.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
-        precision: ``'auto'``, ``'fp32'``, ``'fp16'``.
+        precision: ``'auto'``, ``'fp32'``, ``'fp16'`` (CUDA), ``'bf16'`` (CPUs with AMX or
+            AVX512-BF16).
         input_size: network input short side (pixels), a multiple of 14 for ViTs.
+        input_resize: ``'auto'`` (never upsample a camera beyond its own short side) or
+            ``'official'`` (always scale the short side to input_size, as the authors).
+        compile: torch.compile the torch backend (slow first frame per size).
         min_period_s: each inference takes at least this long (the pipeline sleeps the
             rest); 0 disables. Emulates a slower model (e.g. a large ViT on a small GPU)
             for overload tests and live evaluations.
@@ -56,10 +62,12 @@ class ModelConfig:
 
     name: str = 'photometric'
     checkpoint: str = ''
-    backend: str = 'torch'
+    backend: str = 'auto'
     device: str = 'auto'
     precision: str = 'auto'
     input_size: int = 518
+    input_resize: str = 'auto'
+    compile: bool = False
     min_period_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -75,7 +83,8 @@ class ModelConfig:
         """Build the model (raises ``ModelLoadError`` / ``BackendUnavailableError``)."""
         return models.load(
             self.name, self.checkpoint or None, device=self.device, precision=self.precision,
-            backend=self.backend, input_size=self.input_size)
+            backend=self.backend, input_size=self.input_size, input_resize=self.input_resize,
+            compile=self.compile)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--device', default='auto', help='model device (default auto)')
     group.add_argument('--input-size', type=int, default=518,
                        help='network input short side in pixels (default 518)')
+    group.add_argument('--backend', default='auto',
+                       choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt'),
+                       help='inference backend (default auto: the fastest within the '
+                            'accuracy budget)')
+    group.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'fp16', 'bf16'),
+                       help='model precision (default auto)')
+    group.add_argument('--input-resize', default='auto', choices=('auto', 'official'),
+                       help='auto: never upsample a camera beyond its short side; official: '
+                            'always scale the short side to --input-size (default auto)')
     group.add_argument('--live', action='store_true',
                        help='replay the bag into a node process over real topics and score '
                             'what it publishes (adds latency, drop and output rates)')
@@ -113,8 +122,9 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     base = PipelineConfig()
     if args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14, got {args.input_size}.')
-    base = replace(base, model=replace(base.model, device=args.device,
-                                       input_size=args.input_size))
+    base = replace(base, model=replace(
+        base.model, device=args.device, input_size=args.input_size, backend=args.backend,
+        precision=args.precision, input_resize=args.input_resize))
     topics = {key: value for key, value in (
         ('image', args.image_topic), ('camera_info', args.camera_info_topic),
         ('depth', args.depth_topic), ('pose', args.pose_topic)) if value}

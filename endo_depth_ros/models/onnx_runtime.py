@@ -191,8 +191,8 @@ class OnnxDepthModel(DepthModel):
             precision = 'fp32'  # no TensorRT-EP down-casting on top of an fp16 graph
         providers, self.device, self.precision = _providers(
             ort.get_available_providers(), device, precision)
-        if graph_precision == 'fp16':
-            self.precision = 'fp16'
+        if graph_precision in ('fp16', 'int8'):
+            self.precision = graph_precision
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as err:  # onnxruntime raises its own pybind types

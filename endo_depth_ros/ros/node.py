@@ -302,6 +302,8 @@ class DepthNode(Node):
             f'{model_.precision}, {model_.output_kind}), alignment '
             f'{config.alignment.mode}, listening on {self._image_topic} + '
             f'{self._info_topic}.')
+        if model_.selection:
+            self.get_logger().info(f'Model path: {model_.selection}')
         self._worker: threading.Thread | None = None
         if start_worker:
             self._worker = threading.Thread(target=self._run_worker, name='endo_depth_worker',
@@ -668,6 +670,7 @@ class DepthNode(Node):
             'model.backend': model.backend,
             'model.device': model.device,
             'model.precision': model.precision,
+            'model.selection': model.selection,
             'model.output_kind': model.output_kind,
             'alignment.mode': self._pipeline.config.alignment.mode,
             'alignment.fallbacks': getattr(aligner_stats, 'fallbacks', 'n/a'),
