@@ -26,14 +26,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 import re
-import shutil
 import sqlite3
 from typing import Any, Protocol, Self
 import zipfile
 
 import numpy as np
 
-from endo_depth_ros import encodings
+from endo_depth_ros import encodings, outputs
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError
 from endo_depth_ros.geometry import (
@@ -62,8 +61,6 @@ POINT_CLOUD_TYPE = 'sensor_msgs/msg/PointCloud2'
 ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
 
 _NS_PER_S = 1_000_000_000
-#: Files a bag or npz folder written by this module may contain (what --overwrite removes).
-_OUTPUT_SUFFIXES = ('.mcap', '.db3', '.db3-shm', '.db3-wal', '.yaml', '.npz', '.zstd', '.lz4')
 #: Ground truth is paired with an image when their stamps differ by at most this (ns).
 DEFAULT_SYNC_TOLERANCE_NS = 1_000_000
 #: An image waits for its ground truth while at most this many later images are read.
@@ -160,7 +157,8 @@ class BagWriter:
 
     Raises:
         ConfigError: unknown ``storage``.
-        BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
+        OutputError: ``path`` exists and ``overwrite`` is False, or it is not a recording
+            (see ``endo_depth_ros.outputs``).
         OSError: the directory cannot be created or written.
     """
 
@@ -171,7 +169,7 @@ class BagWriter:
         if storage not in STORAGES:
             raise ConfigError(f'Unknown bag storage {storage!r}; expected one of {STORAGES}.')
         self.path = Path(path)
-        _prepare_output(self.path, overwrite)
+        outputs.prepare_recording_output(self.path, overwrite=overwrite)
         self._store = typestore()
         self._types = self._store.types
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
@@ -256,7 +254,8 @@ def write_sequence(
 
     Raises:
         ConfigError: unknown ``storage``.
-        BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
+        OutputError: ``path`` exists and ``overwrite`` is False, or it is not a recording
+            (see ``endo_depth_ros.outputs``).
         OSError: the directory cannot be created or written.
     """
     count = 0
@@ -285,12 +284,13 @@ def write_npz(path: str | Path, frames: Iterable[FrameLike], *, overwrite: bool 
         The number of frames written.
 
     Raises:
-        BagError: ``path`` exists and ``overwrite`` is False, or it is not a recording.
+        OutputError: ``path`` exists and ``overwrite`` is False, or it is not a recording
+            (see ``endo_depth_ros.outputs``).
         OSError: the folder cannot be created or written.
     """
     path = Path(path)
-    _prepare_output(path, overwrite)
-    path.mkdir(parents=True)
+    outputs.prepare_recording_output(path, overwrite=overwrite)
+    path.mkdir()
     count = 0
     for frame in frames:
         np.savez_compressed(
@@ -303,32 +303,6 @@ def write_npz(path: str | Path, frames: Iterable[FrameLike], *, overwrite: bool 
             stamp=np.int64(frame.stamp_ns))
         count += 1
     return count
-
-
-def _prepare_output(path: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; then remove it (recordings only)."""
-    if not path.exists() and not path.is_symlink():
-        blocker = next((p for p in path.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise BagError(f'Cannot create {str(path)!r}: {str(blocker)!r} is not a folder.')
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        raise BagError(f'Output {str(path)!r} already exists; pass overwrite (--overwrite) '
-                       'to replace it.')
-    if path.is_dir() and not path.is_symlink():
-        entries = list(path.iterdir())
-        strangers = [e.name for e in entries
-                     if not (e.is_file() and e.name.endswith(_OUTPUT_SUFFIXES))]
-        if strangers:
-            raise BagError(
-                f'Refusing to overwrite {str(path)!r}: it is not a bag or npz folder '
-                f'(it contains {sorted(strangers)[:3]}).')
-        shutil.rmtree(path)
-    elif path.name.endswith(_OUTPUT_SUFFIXES):
-        path.unlink()
-    else:
-        raise BagError(f'Refusing to overwrite {str(path)!r}: it is not a bag or npz folder.')
 
 
 def _header(types: dict[str, Any], stamp_ns: int, frame_id: str) -> Any:

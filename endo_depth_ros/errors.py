@@ -40,3 +40,7 @@ class BackendUnavailableError(EndoDepthError):
 
 class BagError(EndoDepthError):
     """A bag (or npz sequence folder) is missing, corrupt or lacks required topics."""
+
+
+class OutputError(EndoDepthError):
+    """An output path cannot be written without risking a user's data (see ``outputs``)."""

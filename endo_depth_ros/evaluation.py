@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from endo_depth_ros import bags, metrics, models
+from endo_depth_ros import bags, metrics, models, outputs
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, BagError, ConfigError, ModelLoadError
 from endo_depth_ros.models import DepthModel
@@ -303,6 +303,7 @@ def evaluate(
     *,
     progress: ProgressFactory | None = None,
     write_bag: str | Path | None = None,
+    overwrite: bool = False,
 ) -> list[RunResult]:
     """Evaluate every (bag, model, alignment mode) combination.
 
@@ -312,6 +313,7 @@ def evaluate(
         progress: optional factory of a progress display per run, updated after each
             frame and closed at the end of the run (the CLI plugs tqdm in here).
         write_bag: also write the first run's outputs as a bag here (see ``OutputBag``).
+        overwrite: ``write_bag`` may replace an existing recording (never an input).
 
     Returns:
         One ``RunResult`` per combination, in model, bag, mode order.
@@ -320,7 +322,11 @@ def evaluate(
         BagError: missing/corrupt bag, no image topic or no frame in the selected range.
         ModelLoadError: unknown model or bad checkpoint.
         BadInputError: e.g. ground-truth depth and image sizes differ.
+        OutputError: ``write_bag`` is an input, or exists without ``overwrite``, or is
+            not a recording.
     """
+    if write_bag is not None:
+        outputs.check_recording_output(write_bag, overwrite=overwrite, inputs=bag_paths)
     results: list[RunResult] = []
     for spec in config.models:
         model = load_model(spec, config.pipeline.model)
@@ -334,7 +340,7 @@ def evaluate(
                 with progress_bar(progress, f'{Path(path).name} {spec.label}/{align}',
                                   config.frames or None) as bar:
                     if write_bag is not None and not results:
-                        with OutputBag(write_bag) as out:
+                        with OutputBag(write_bag, overwrite=overwrite) as out:
                             results.append(evaluate_run(path, topics, spec, model, align,
                                                         config, bar, out))
                     else:
@@ -567,9 +573,9 @@ class OutputBag:
     ``/pose`` (PoseStamped in ``odom``, valid estimates only).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
         self.path = Path(path)
-        self._bag = bags.BagWriter(self.path, overwrite=True, topics=(
+        self._bag = bags.BagWriter(self.path, overwrite=overwrite, topics=(
             (bags.TOPIC_IMAGE, bags.IMAGE_TYPE),
             (bags.TOPIC_CAMERA_INFO, bags.CAMERA_INFO_TYPE),
             ('/depth/image', bags.IMAGE_TYPE),

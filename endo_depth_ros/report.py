@@ -1,6 +1,6 @@
 """Evaluation outputs: ``results.json``, a Markdown report and PNG figures.
 
-``write_report(results, out_dir)`` writes, for the runs of ``endo_depth_ros.evaluation``
+``write_report(results, out)`` writes, for the runs of ``endo_depth_ros.evaluation``
 (offline or live):
 
 - ``results.json``: per run the summary metrics (SI units: metres, degrees, ms), the
@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from endo_depth_ros.evaluation import RunResult
+from endo_depth_ros.outputs import OutputFolder
 from endo_depth_ros.visualize import colorize_depth, turbo
 
 #: Relative error shown as the hottest colour of the error map.
@@ -38,29 +39,31 @@ _DASH = '–'
 
 def write_report(
     results: Sequence[RunResult],
-    out_dir: str | Path,
+    out: OutputFolder | str | Path,
     *,
     settings: dict[str, object] | None = None,
 ) -> Path:
-    """Write ``results.json``, ``report.md`` and the figures into ``out_dir``.
+    """Write ``results.json``, ``report.md`` and the figures into the folder ``out``.
 
     Args:
         results: the evaluated runs.
-        out_dir: output folder (created if needed).
+        out: output folder (created if needed). A plain path must be new or empty; an
+            ``OutputFolder`` carries the command's ``--overwrite`` choice. Files are never
+            written through symlinks (see ``endo_depth_ros.outputs``).
         settings: run settings recorded in ``results.json`` and the report header
             (protocol, depth range, command line, ...).
 
     Returns:
         The path of ``report.md``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = out if isinstance(out, OutputFolder) else OutputFolder(out, overwrite=False)
+    folder.create()
     settings = dict(settings or {})
-    write_results_json(results, out / 'results.json', settings=settings)
+    write_results_json(results, folder.file('results.json'), settings=settings)
 
     figures: list[tuple[str, str]] = []
     if results:
-        plot_per_frame(results, out / 'per_frame.png')
+        plot_per_frame(results, folder.file('per_frame.png'))
         figures.append(('Per-frame AbsRel, TAE and runtime', 'per_frame.png'))
     bags = _unique([r.bag for r in results])
     for bag in bags:
@@ -68,12 +71,12 @@ def write_report(
         if runs:
             name = f'trajectory_{_slug(Path(bag).stem)}.png' if len(bags) > 1 \
                 else 'trajectory.png'
-            plot_trajectory(runs, out / name)
+            plot_trajectory(runs, folder.file(name))
             figures.append((f'Trajectory ({Path(bag).name})', name))
     for result in results:
         if result.samples:
             name = f'contact_{_run_slug(result, len(bags) > 1)}.png'
-            plot_contact_sheet(result, out / name)
+            plot_contact_sheet(result, folder.file(name))
             figures.append((f'Contact sheet: {result.label}', name))
 
     lines = ['# Depth evaluation', '']
@@ -93,7 +96,7 @@ def write_report(
         lines += ['## Figures', '']
         for title, name in figures:
             lines += [f'### {title}', '', f'![{title}]({name})', '']
-    path = out / 'report.md'
+    path = folder.file('report.md')
     path.write_text('\n'.join(lines))
     return path
 

@@ -10,7 +10,7 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from endo_depth_ros import bags
-from endo_depth_ros.errors import BagError, ConfigError
+from endo_depth_ros.errors import BagError, ConfigError, OutputError
 from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 
 CONFIG = SynthConfig(width=48, height=40, frames=5, instrument=True)
@@ -207,7 +207,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path,
                                                   frames: list[SynthFrame]) -> None:
     path = tmp_path / 'bag'
     bags.write_sequence(path, frames[:1])
-    with pytest.raises(BagError, match='already exists'):
+    with pytest.raises(OutputError, match='already exists'):
         bags.write_sequence(path, frames)
     assert bags.write_sequence(path, frames, overwrite=True) == len(frames)
     assert len(list(bags.read_frames(path))) == len(frames)
@@ -216,7 +216,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path,
 def test_overwrite_refuses_folders_that_are_not_recordings(tmp_path: Path,
                                                            frames: list[SynthFrame]) -> None:
     (tmp_path / 'thesis.tex').write_text('keep me')
-    with pytest.raises(BagError, match='Refusing to overwrite'):
+    with pytest.raises(OutputError, match='Refusing to overwrite'):
         bags.write_npz(tmp_path, frames, overwrite=True)
     assert (tmp_path / 'thesis.tex').exists()
 

@@ -151,14 +151,15 @@ def test_report_writes_json_markdown_and_all_figures(synth_bag, tmp_path):
     config = _config(models=(evaluation.ModelSpec('photometric'), evaluation.ModelSpec('gt')),
                      frames=6, contact_frames=2)
     results = evaluation.evaluate([synth_bag], config)
-    path = report.write_report(results, tmp_path, settings={'protocol': 'median'})
+    out = tmp_path / 'report'
+    path = report.write_report(results, out, settings={'protocol': 'median'})
     text = path.read_text()
     assert '| photometric | stream |' in text and '| gt | stream |' in text
     for name in ('per_frame.png', 'trajectory.png', 'contact_photometric_stream.png',
                  'contact_gt_stream.png'):
-        assert (tmp_path / name).stat().st_size > 1000, name
+        assert (out / name).stat().st_size > 1000, name
         assert f']({name})' in text
-    doc = json.loads((tmp_path / 'results.json').read_text())
+    doc = json.loads((out / 'results.json').read_text())
     assert [run['model'] for run in doc['runs']] == ['photometric', 'gt']
     assert len(doc['runs'][0]['per_frame']['abs_rel']) == 6
     assert doc['units']['rmse'] == 'm'

@@ -6,12 +6,25 @@ import argparse
 from collections.abc import Callable, Sequence
 import sys
 
-from endo_depth_ros.errors import EndoDepthError
+from endo_depth_ros.errors import ConfigError, EndoDepthError
 
 #: Exit code for a failure the user can fix (bad argument, bad file); argparse uses it too.
 EXIT_USAGE = 2
 #: Exit code after Ctrl-C, as a shell reports for SIGINT.
 EXIT_INTERRUPTED = 130
+#: Largest image side a command accepts (8K); larger sizes are refused before allocating.
+MAX_IMAGE_SIDE = 8192
+
+
+def check_image_size(width: int, height: int, *, limit: int = MAX_IMAGE_SIDE) -> None:
+    """Refuse an image size that is not positive or exceeds ``limit`` on a side.
+
+    Raises:
+        ConfigError: naming the size and the limit.
+    """
+    if not (0 < width <= limit and 0 < height <= limit):
+        raise ConfigError(f'Image size {width}x{height} is outside 1..{limit} pixels per '
+                          'side.')
 
 
 def run_cli(
@@ -30,7 +43,8 @@ def run_cli(
 
     Returns:
         The process exit code: 0 success, 2 for an error of the package (bad input, bad
-        file, unavailable backend) or of the operating system, 130 on Ctrl-C.
+        file, unavailable backend), of the operating system or for lack of memory, 130 on
+        Ctrl-C.
     """
     args = parser.parse_args(argv)
     try:
@@ -41,6 +55,12 @@ def run_cli(
     except OSError as err:
         print(f'{prog}: error: {err.strerror or err}: {err.filename or ""}'.rstrip(': '),
               file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as err:
+        # numpy says how much it tried to allocate and for which shape: that is the size
+        # the user has to change.
+        detail = str(err).splitlines()[0][:200] if str(err) else 'allocation failed'
+        print(f'{prog}: error: out of memory: {detail}', file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 import sys
 import time
 
-from endo_depth_ros import bags, evaluation, report
+from endo_depth_ros import bags, evaluation, outputs, report
 from endo_depth_ros.cli.common import run_cli
 from endo_depth_ros.cli.eval import progress_factory
 from endo_depth_ros.errors import ConfigError
@@ -40,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=0, help='scene seed (default 0)')
     parser.add_argument('--offline', action='store_true',
                         help='run the pipeline in-process instead of through the ROS node')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace the outputs of an earlier demo in --out')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
     return parser
 
@@ -48,15 +49,16 @@ def run(args: argparse.Namespace) -> int:
     """Generate, evaluate, report."""
     if args.frames < 3:
         raise ConfigError(f'--frames must be at least 3, got {args.frames}.')
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bag = out / 'synthetic_bag'
+    out = outputs.OutputFolder(args.out, overwrite=args.overwrite)
+    bag = outputs.prepare_recording_output(out.create() / 'synthetic_bag',
+                                           overwrite=args.overwrite)
+    report_folder = outputs.OutputFolder(out.path / 'report', overwrite=args.overwrite)
     synth = SynthConfig(width=args.width, height=args.height, frames=args.frames,
                         fps=args.fps, seed=args.seed)
     start = time.perf_counter()
     print(f'[1/3] rendering {args.frames} synthetic frames ({args.width}x{args.height}) '
           f'-> {bag}', flush=True)
-    bags.write_sequence(bag, render_sequence(synth), overwrite=True)
+    bags.write_sequence(bag, render_sequence(synth))
 
     config = evaluation.EvalConfig(contact_frames=4)
     progress = progress_factory(not args.no_progress)
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
               'alignment) with /clock', flush=True)
         results = replay.evaluate_live([bag], config, progress=progress)
     print('[3/3] writing the report', flush=True)
-    path = report.write_report(results, out / 'report', settings={
+    path = report.write_report(results, report_folder, settings={
         'protocol': config.protocol, 'max_depth_m': config.max_depth,
         'mode': 'offline' if args.offline else 'live', 'frames': args.frames,
         'size': f'{args.width}x{args.height}'})

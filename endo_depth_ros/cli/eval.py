@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 import sys
 from typing import Any
 
 from tqdm import tqdm
 
-from endo_depth_ros import evaluation, metrics, report
+from endo_depth_ros import evaluation, metrics, outputs, report
 from endo_depth_ros.cli.common import run_cli
 from endo_depth_ros.errors import ConfigError
 
@@ -109,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--write-bag', metavar='PATH',
                        help="also write the pipeline's outputs as a bag (offline runs, "
                             'first model and mode) for RViz / Foxglove')
+    group.add_argument('--overwrite', action='store_true',
+                       help='replace the files this command writes in a non-empty --out and '
+                            'an existing --write-bag recording (never an input)')
     group.add_argument('--no-progress', action='store_true', help='no progress bars')
     return parser
 
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         'stride': config.stride, 'mode': 'live' if args.live else 'offline',
     }
     # Fail before the (long) evaluation rather than when writing its report.
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    out = outputs.OutputFolder(args.out, overwrite=args.overwrite, inputs=args.bags)
+    out.create()
     if args.live:
         if args.write_bag:
             raise ConfigError('--write-bag works offline only; record a live run with '
@@ -167,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
                                        node_params=args.node_param, progress=progress)
     else:
         results = evaluation.evaluate(args.bags, config, progress=progress,
-                                      write_bag=args.write_bag)
-    path = report.write_report(results, args.out, settings=settings)
+                                      write_bag=args.write_bag, overwrite=args.overwrite)
+    path = report.write_report(results, out, settings=settings)
     print(report.results_tables(results))
     print(f'\nreport: {path}')
     return 0

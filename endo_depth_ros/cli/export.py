@@ -21,8 +21,9 @@ import sys
 
 import numpy as np
 
-from endo_depth_ros.cli.common import run_cli
+from endo_depth_ros.cli.common import check_image_size, run_cli
 from endo_depth_ros.errors import ConfigError
+from endo_depth_ros.outputs import prepare_file_output
 
 PROG = 'endo-depth-export'
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--height', type=int, required=True, help='image height (pixels)')
     parser.add_argument('--width', type=int, required=True, help='image width (pixels)')
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing --out file (never the checkpoint)')
     parser.add_argument('--input-size', type=int, default=518,
                         help='short side of the network input (default 518)')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
@@ -71,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14 (one ViT patch), got '
                           f'{args.input_size}.')
+    check_image_size(args.width, args.height)
+    prepare_file_output(args.out, overwrite=args.overwrite, inputs=[args.checkpoint])
     network, output_kind = load_network(args.name, args.checkpoint)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
                             precision='fp32', input_size=args.input_size, warmup=False)

@@ -19,7 +19,7 @@ import time
 
 from tqdm import tqdm
 
-from endo_depth_ros import bags
+from endo_depth_ros import bags, outputs
 from endo_depth_ros.cli.common import run_cli
 from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 from endo_depth_ros.synth.contact_sheet import save_contact_sheet
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--contact-sheet', type=Path, metavar='PNG',
                         help='also save RGB | depth | segmentation of a few frames as a PNG')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace an existing bag or npz folder at OUT')
+                        help='replace an existing recording at OUT and an existing '
+                             '--contact-sheet file')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     return parser
 
@@ -83,9 +84,11 @@ def _run(args: argparse.Namespace) -> int:
         fps=args.fps, speed_mm=args.speed_mm, instrument=args.instrument,
         fov_mask=args.fov_mask, fov_deg=args.fov_deg, radius_mm=tuple(args.radius_mm),
         fold_amplitude=args.fold_amplitude, noise=args.noise)
+    # Before rendering: a refused output must not cost the whole render.
+    outputs.check_recording_output(args.out, overwrite=args.overwrite)
     if args.contact_sheet is not None:
-        # Before rendering: an unwritable PNG path must not cost the whole render.
-        args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
+        outputs.prepare_file_output(args.contact_sheet, overwrite=args.overwrite,
+                                    inputs=[args.out])
     sheet_every = max(1, config.frames // 4)
     kept: list[SynthFrame] = []
 

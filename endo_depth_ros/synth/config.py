@@ -15,6 +15,9 @@ from endo_depth_ros.errors import ConfigError
 DEFAULT_START_NS = 1_700_000_000_000_000_000
 
 
+#: Largest image side the renderer accepts (4K endoscopes are 3840 wide).
+MAX_SIDE = 4096
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Everything that defines a rendered sequence; equal configs give equal frames.
@@ -81,6 +84,10 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         _positive_int(self, 'width', 'height', 'frames')
+        if max(self.width, self.height) > MAX_SIDE:
+            # The renderer holds ~150 bytes per pixel: 4096x4096 is ~2.5 GB already.
+            raise ConfigError(f'Image size {self.width}x{self.height} exceeds the renderer\'s '
+                              f'{MAX_SIDE} pixels per side.')
         _positive(self, 'fps', 'fold_spacing_mm', 'fold_width_mm', 'texture_scale',
                   'max_depth_m', 'fov_mask_radius')
         _non_negative(self, 'speed_mm', 'fold_amplitude', 'lobes', 'bend_mm', 'wobble',
