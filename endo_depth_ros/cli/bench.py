@@ -16,6 +16,7 @@ TOPICS = {
     'geometry': 'depth to point cloud, ms/frame vs model time',
     'odometry': 'visual odometry, frames/s and trajectory error',
     'node': 'node per-stage cost and overhead vs model time',
+    'gpu': 'backend table (fp16, CUDA graphs, TensorRT) on a CUDA GPU',
 }
 
 
