@@ -272,3 +272,16 @@ def test_load_defaults_to_auto_resize(checkpoint: Path) -> None:
     assert model.network_size(HEIGHT, WIDTH) == (42, 56)
     official = models.load('dav2', checkpoint, input_size=518, input_resize='official')
     assert official.network_size(HEIGHT, WIDTH) == (518, 686)
+
+
+@needs_bf16
+def test_auto_precision_falls_back_to_fp32_where_bf16_exceeds_the_budget(
+        network: torch.nn.Module, reference: np.ndarray) -> None:
+    budget = 1e-4  # far below bf16 rounding (~1e-2 on this network), so bf16 must fail
+    model = OpenVinoDepthModel.from_torch(tiny_torch_model(network), precision='bf16',
+                                          budget=budget)
+    assert model.precision == 'bf16'  # chosen; checked on the first frame of each size
+    out = model.infer(IMAGES)
+    assert model.measured_error[(HEIGHT, WIDTH)] > budget
+    assert model.precision == 'fp32' and 'over the 1e-04 budget: fp32 instead' in model.selection
+    assert rel_l2(out, reference) < BUDGET['fp32']

@@ -155,6 +155,9 @@ class OpenVinoDepthModel(DepthModel):
         self.cache_hits = 0
         self.cache_misses = 0
         self.compile_seconds = 0.0
+        self.budget: float | None = None
+        #: Relative L2 against torch fp32 measured per image size (``budget`` checks).
+        self.measured_error: dict[tuple[int, int], float] = {}
         self._requests: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._last_size = (0, 0)
         # Set by the constructors:
@@ -204,7 +207,8 @@ class OpenVinoDepthModel(DepthModel):
     @classmethod
     def from_torch(cls, torch_model: Any, *, precision: str = 'auto',
                    cache_dir: str | Path | None = None,
-                   warmup_size: tuple[int, int] | None = None) -> OpenVinoDepthModel:
+                   warmup_size: tuple[int, int] | None = None,
+                   budget: float | None = None) -> OpenVinoDepthModel:
         """Convert a ``TorchDepthModel`` directly; each camera size is compiled on first use.
 
         Args:
@@ -212,6 +216,10 @@ class OpenVinoDepthModel(DepthModel):
             precision: ``'auto'``, ``'fp32'`` or ``'bf16'``.
             cache_dir: compiled-model cache (default ``default_cache_dir()``).
             warmup_size: ``(height, width)`` compiled now (None: the first image decides).
+            budget: when set (the ``auto`` choice), each size compiled in bf16 is checked
+                once against torch fp32 on a synthetic endoscope frame of that size; above
+                this relative L2 error that size is recompiled in fp32 and ``selection``
+                says so. The measured error is kept beside the cached blob.
         """
         import torch
         import transformers
@@ -223,6 +231,7 @@ class OpenVinoDepthModel(DepthModel):
         model = cls(name=torch_model.name, output_kind=torch_model.output_kind,
                     precision=precision, model_hash=model_hash, cache_dir=cache_dir)
         model._torch_model = torch_model
+        model.budget = budget
         if warmup_size is not None:
             model.infer(np.zeros((*warmup_size, 3), np.uint8))
         return model
@@ -274,11 +283,43 @@ class OpenVinoDepthModel(DepthModel):
             return self._requests[size]
         start = time.perf_counter()
         compiled = self._load_or_compile(height, width)
+        request = compiled.create_infer_request()
+        if self.budget is not None and self.precision == 'bf16':
+            request = self._check_budget(height, width, request)
         self.compile_seconds = time.perf_counter() - start
-        self._requests[size] = compiled.create_infer_request()
+        self._requests[size] = request
         while len(self._requests) > MAX_SIZES:
             self._requests.popitem(last=False)
         return self._requests[size]
+
+    def _check_budget(self, height: int, width: int, request: Any) -> Any:
+        """Measure this size's bf16 error once (kept beside the blob); fp32 when over budget."""
+        import json
+
+        budget = self.budget if self.budget is not None else 0.0
+        record = self.cache_file(height, width).with_suffix('.error.json')
+        try:
+            error = float(json.loads(record.read_text())['rel_l2'])
+        except (OSError, ValueError, KeyError, TypeError):
+            from endo_depth_ros.synth import SynthConfig, render_sequence
+
+            frame = next(iter(render_sequence(SynthConfig(width=width, height=height,
+                                                          frames=1)))).rgb[None]
+            reference = self._torch_model.runner(frame)
+            out = request.infer({0: frame})[0]
+            error = float(np.linalg.norm(out - reference)
+                          / max(float(np.linalg.norm(reference)), 1e-12))
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({'rel_l2': error}))
+        self.measured_error[(height, width)] = error
+        if error <= budget:
+            self.selection = (f'{self.selection} Measured at {width}x{height}: rel. L2 '
+                              f'{error:.1e} vs torch fp32 on a synthetic frame.').strip()
+            return request
+        self.precision = self._hint = 'fp32'
+        self.selection = (f'{self.selection} bf16 measured rel. L2 {error:.1e} at {width}x'
+                          f'{height}, over the {budget:.0e} budget: fp32 instead.').strip()
+        return self._load_or_compile(height, width).create_infer_request()
 
     def _config(self) -> dict[str, str]:
         return {'INFERENCE_PRECISION_HINT': HINTS[self._hint], 'PERFORMANCE_HINT': 'LATENCY'}

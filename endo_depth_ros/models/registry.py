@@ -110,7 +110,7 @@ def load(
     else:
         model, plan = _load_network(name, path, backend, device, precision, input_size,
                                     input_resize, compile)
-    model.selection = f'{model.backend} {model.precision}: {plan.reason}'
+    model.selection = f'{model.backend} {model.precision}: {plan.reason}.'
     return model
 
 
@@ -154,7 +154,10 @@ def _load_network(name: str, path: Path, backend: str, device: str, precision: s
     if plan.backend == 'openvino':
         from endo_depth_ros.models.openvino import OpenVinoDepthModel
         # Converted and compiled per camera size on its first frame (cached on disk).
-        model = OpenVinoDepthModel.from_torch(model, precision=plan.precision)
+        # With precision 'auto', bf16 is checked against the accuracy budget per size.
+        model = OpenVinoDepthModel.from_torch(
+            model, precision=plan.precision,
+            budget=auto.ACCURACY_BUDGET if precision == 'auto' else None)
     return model, plan
 
 
