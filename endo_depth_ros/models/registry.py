@@ -151,6 +151,11 @@ def _load_network(name: str, path: Path, backend: str, device: str, precision: s
         network, name=name, output_kind=output_kind, device=device,
         precision=plan.precision if on_torch else 'fp32', input_size=input_size,
         resize=input_resize, compile=compile and on_torch, warmup=on_torch)
+    if compile and on_torch:
+        seconds = model.runner.compile_seconds  # type: ignore[attr-defined]
+        plan = Plan(plan.backend, plan.precision,
+                    f'{plan.reason}; torch.compile warm-up took {seconds:.1f} s '
+                    f'at {input_size}x{input_size} (each new image size compiles again)')
     if plan.backend == 'openvino':
         from endo_depth_ros.models.openvino import OpenVinoDepthModel
         # Converted and compiled per camera size on its first frame (cached on disk).
