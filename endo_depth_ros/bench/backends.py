@@ -106,7 +106,6 @@ def count_flops(model: Any, rgb: np.ndarray) -> tuple[float, float, np.ndarray]:
         (``4 T^2 D`` per layer for ``T`` tokens of width ``D``) are added unless the
         counter saw a scaled-dot-product-attention op itself.
     """
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -121,7 +120,6 @@ def count_flops(model: Any, rgb: np.ndarray) -> tuple[float, float, np.ndarray]:
     patch = int(getattr(backbone, 'patch_size', 14))
     tokens = (net_h // patch) * (net_w // patch) + 1
     attention = 4.0 * tokens ** 2 * backbone.hidden_size * backbone.num_hidden_layers
-    del torch
     return counted + (0.0 if seen else attention), attention, out
 
 
@@ -158,6 +156,8 @@ def compare(
     repeats: int,
     frames: int,
     build: Callable[..., DepthModel],
+    peaks: dict[str, float] | None = None,
+    report: Callable[[list[dict[str, object]]], None] | None = None,
 ) -> tuple[list[dict[str, object]], dict[str, float]]:
     """Run the comparison (see module doc); return table rows and the peak throughputs.
 
@@ -169,17 +169,25 @@ def compare(
         repeats: timed rounds.
         frames: synthetic frames for accuracy.
         build: ``build(variant, torch_model, onnx_path, tmp_dir, size) -> DepthModel``.
+        peaks: measured GFLOP/s per precision (None: measured here).
+        report: called with each size's rows as soon as they are measured.
     """
+    import torch
+
     from endo_depth_ros.bench import random_weights_model
     from endo_depth_ros.models.onnx_runtime import export_onnx
 
     if not variants or variants[0] != 'torch':
         variants = ['torch', *[v for v in variants if v != 'torch']]
-    peak_precisions = ('fp32', 'fp16') if device.startswith('cuda') else ('fp32', 'bf16')
-    peaks = {p: matmul_throughput(p, device=device) for p in peak_precisions}
-    rows: list[dict[str, object]] = []
+    if peaks is None:
+        precisions = ('fp32', 'fp16') if device.startswith('cuda') else ('fp32', 'bf16')
+        peaks = {p: matmul_throughput(p, device=device) for p in precisions}
+    all_rows: list[dict[str, object]] = []
     for width, height in sizes:
+        rows: list[dict[str, object]] = []
         images = synthetic_frames(height, width, frames, seed=0)
+        # The same weights every run: the compiled-model caches then serve reruns.
+        torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tmp:
             reference_model = random_weights_model(name, min(height, width), device=device)
             flops, attention, _ = count_flops(reference_model, images[0])
@@ -232,7 +240,10 @@ def compare(
             selection = getattr(v.model, 'selection', '')
             row['notes'] = (f'{v.model.backend} {v.model.precision}' if selection else '')
             rows.append(row)
-    return rows, peaks
+        if report is not None:
+            report(rows)
+        all_rows.extend(rows)
+    return all_rows, peaks
 
 
 def _needs_onnx(variant: str) -> bool:

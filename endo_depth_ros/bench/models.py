@@ -99,10 +99,13 @@ def run_backends(args: argparse.Namespace, device: str) -> None:
     sizes_text = BACKEND_SIZES if args.sizes == DEFAULT_SIZES else args.sizes
     sizes = parse_sizes(sizes_text, min_side=14)
     build = backends.build_gpu_variant if device == 'cuda' else backends.build_cpu_variant
-    rows, peaks = backends.compare(args.model, sizes, variants, device=device,
-                                   repeats=args.repeats, frames=args.frames, build=build)
-    print_table(f'{args.model} (random weights) per backend, uint8 in -> depth out; '
-                f'{backends.describe_machine(peaks, device)}', rows)
+    peaks = {p: backends.matmul_throughput(p, device=device)
+             for p in (('fp32', 'fp16') if device == 'cuda' else ('fp32', 'bf16'))}
+    title = (f'{args.model} (random weights) per backend, uint8 in -> depth out, median of '
+             f'{args.repeats} interleaved rounds; {backends.describe_machine(peaks, device)}')
+    backends.compare(args.model, sizes, variants, device=device, repeats=args.repeats,
+                     frames=args.frames, build=build, peaks=peaks,
+                     report=lambda rows: print_table(title, rows))
     print('\nVariants: ' + '; '.join(f'{v}: {known[v]}' for v in variants if v in known))
 
 
