@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--height', type=int, required=True, help='image height (pixels)')
     parser.add_argument('--width', type=int, required=True, help='image width (pixels)')
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
+    parser.add_argument('--input-resize', choices=('auto', 'official'), default='auto',
+                        help='auto: never upsample the camera beyond its short side; '
+                             'official: always scale the short side to --input-size '
+                             '(default auto, as load())')
     parser.add_argument('--int8', action='store_true',
                         help='write an int8 model: onnxruntime dynamic MatMul quantisation '
                              '(.onnx), or with --calibration an NNCF-calibrated OpenVINO IR '
@@ -92,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
                             inputs=inputs)
     network, output_kind = load_network(args.name, args.checkpoint)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
-                            precision='fp32', input_size=args.input_size, warmup=False)
+                            precision='fp32', input_size=args.input_size, warmup=False,
+                            resize=args.input_resize)
     if args.int8:
         return _export_int8(args, model)
     path = export_onnx(model, args.out, args.height, args.width, opset=args.opset,

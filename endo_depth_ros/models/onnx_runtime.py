@@ -95,8 +95,8 @@ def export_onnx(
         'name': model.name, 'output_kind': model.output_kind,
         'image_height': height, 'image_width': width,
         'network_height': net_h, 'network_width': net_w,
-        'input_size': net.input_size, 'dynamic_batch': int(dynamic_batch),
-        'precision': precision,
+        'input_size': net.input_size, 'input_resize': net.resize,
+        'dynamic_batch': int(dynamic_batch), 'precision': precision,
     }
     for key, value in metadata.items():
         entry = graph.metadata_props.add()
