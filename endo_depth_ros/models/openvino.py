@@ -231,6 +231,7 @@ class OpenVinoDepthModel(DepthModel):
         model = cls(name=torch_model.name, output_kind=torch_model.output_kind,
                     precision=precision, model_hash=model_hash, cache_dir=cache_dir)
         model._torch_model = torch_model
+        model._last_size = torch_model.input_size  # the torch model's warm-up size
         model.budget = budget
         if warmup_size is not None:
             model.infer(np.zeros((*warmup_size, 3), np.uint8))
