@@ -52,12 +52,18 @@ class ModelConfig:
     Attributes:
         name: registry name (``'photometric'``, ``'dav2-s'``, ...).
         checkpoint: weights file; ``''`` for the model's default (none for photometric).
-        backend: ``'torch'``, ``'onnxruntime'``, ``'tensorrt'``.
+        backend: ``'auto'`` (the fastest path this machine has within the accuracy budget
+            of ``endo_depth_ros.models.auto``), ``'torch'``, ``'onnxruntime'``,
+            ``'openvino'``, ``'tensorrt'``.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
-        precision: ``'auto'``, ``'fp32'``, ``'fp16'``.
+        precision: ``'auto'``, ``'fp32'``, ``'fp16'`` (CUDA), ``'bf16'`` (CPUs with AMX or
+            AVX512-BF16).
         input_size: network input size (pixels) under the family's official resize rule
             (short side for Depth Anything); 0: the official size (518 Depth Anything,
             384 MiDaS/DPT).
+        input_resize: ``'auto'`` (never upsample a camera beyond its own short side) or
+            ``'official'`` (always use input_size, as the authors).
+        compile: torch.compile the torch backend (slow first frame per size).
         max_depth_m: metric Depth Anything models: the largest depth (m) the network
             outputs (20 indoor/Hypersim, 80 outdoor/VKITTI); 0 takes the checkpoint's
             value (Hugging Face folder, ONNX export), else 20 with a warning.
@@ -72,10 +78,12 @@ class ModelConfig:
 
     name: str = 'photometric'
     checkpoint: str = ''
-    backend: str = 'torch'
+    backend: str = 'auto'
     device: str = 'auto'
     precision: str = 'auto'
     input_size: int = 0
+    input_resize: str = 'auto'
+    compile: bool = False
     max_depth_m: float = 0.0
     min_period_s: float = 0.0
     video_alignment: str = 'scale'
@@ -102,6 +110,7 @@ class ModelConfig:
         return models.load(
             self.name, self.checkpoint or None, device=self.device, precision=self.precision,
             backend=self.backend, input_size=self.input_size or None,
+            input_resize=self.input_resize, compile=self.compile,
             max_depth=self.max_depth_m or None)
 
 

@@ -222,6 +222,7 @@ def test_synthetic_frames_come_back_as_depth_cloud_and_poses_with_the_input_head
     assert values['model.name'] == 'photometric'
     assert values['model.device'] == 'cpu'
     assert values['model.max_depth_m'] == 'n/a'  # a relative model has no metric scale
+    assert values['model.selection'].startswith('opencv fp32: the photometric prior has no')
     assert values['frames_dropped'] == '0'
     assert values['odometry.state'] == 'tracking'
 

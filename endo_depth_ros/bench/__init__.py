@@ -110,7 +110,7 @@ def single_core() -> Iterator[str]:
             os.sched_setaffinity(0, previous)
 
 
-def random_weights_model(name: str, input_size: int) -> TorchDepthModel:
+def random_weights_model(name: str, input_size: int, device: str = 'cpu') -> TorchDepthModel:
     """A Depth Anything / DPT network ``name`` with random weights, PyTorch fp32 on CPU.
 
     Its cost does not depend on the weights, and none can be downloaded here.
@@ -118,6 +118,7 @@ def random_weights_model(name: str, input_size: int) -> TorchDepthModel:
     Args:
         name: a network name of :func:`endo_depth_ros.models.load` (not ``photometric``).
         input_size: network input short side, pixels.
+        device: torch device (fp32 there).
     """
     # Imported here: only the network benchmarks need torch.
     from endo_depth_ros.models.depth_anything import (
@@ -129,7 +130,7 @@ def random_weights_model(name: str, input_size: int) -> TorchDepthModel:
 
     network = build_network(make_config(name))
     return TorchDepthModel(network, name=name, output_kind=parse_name(name).output_kind,
-                           device='cpu', precision='fp32', input_size=input_size)
+                           device=device, precision='fp32', input_size=input_size)
 
 
 def _format(value: object) -> str:

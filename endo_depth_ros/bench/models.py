@@ -48,10 +48,14 @@ from endo_depth_ros.bench import (
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.models.base import DepthModel
 
+#: Image sizes (WIDTHxHEIGHT) of the timing table, and of the ``--backends`` comparison.
+DEFAULT_SIZES = '350x266,518x518'
+BACKEND_SIZES = '518x518,686x518'
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the models benchmark."""
-    add_sizes_argument(parser, '350x266,518x518')
+    add_sizes_argument(parser, DEFAULT_SIZES)
     parser.add_argument('--repeats', type=int, default=5,
                         help='timed repeats per network measurement (default: %(default)s)')
     parser.add_argument('--skip-networks', action='store_true',
@@ -68,16 +72,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--video-frames', type=int, default=44,
                         help='frames of the window-mode clip (default: %(default)s, two '
                              'windows)')
+    parser.add_argument('--backends', metavar='LIST',
+                        help='compare these variants of --model instead (comma-separated: '
+                             'torch,torch-bf16,torch-compile,torch-compile-bf16,onnxruntime,'
+                             'ort-int8,openvino,openvino-bf16,openvino-int8,auto); sizes '
+                             'default to 518x518,686x518')
+    parser.add_argument('--model', default='dav2-s',
+                        help='network of the --backends comparison (default: %(default)s)')
+    parser.add_argument('--frames', type=int, default=3,
+                        help='synthetic frames scored per size in --backends (default 3)')
     parser.add_argument('--accuracy-frames', type=int, default=24,
                         help='frames per synthetic sequence for the accuracy table '
                              '(0 skips it; default: %(default)s)')
 
 
 def run(args: argparse.Namespace) -> None:
-    """Print the timing table and the photometric accuracy table."""
-    sizes = parse_sizes(args.sizes, min_side=14)
+    """Print the timing table and the photometric accuracy table (or the backend table)."""
     if args.repeats < 1:
         raise ConfigError(f'--repeats must be >= 1, got {args.repeats}.')
+    if args.backends:
+        run_backends(args, 'cpu')
+        return
+    sizes = parse_sizes(args.sizes, min_side=14)
     rows: list[dict[str, object]] = []
     photometric = models.load('photometric')
     families = [] if args.skip_networks else [f for f in args.families.split(',') if f]
@@ -115,6 +131,32 @@ def run(args: argparse.Namespace) -> None:
     if args.accuracy_frames > 0:
         print_table('Photometric prior on synthetic sequences (per-frame median scaling)',
                     photometric_accuracy(frames=args.accuracy_frames))
+
+
+def run_backends(args: argparse.Namespace, device: str) -> None:
+    """The backend comparison table of ``endo_depth_ros.bench.backends`` for ``--model``."""
+    from endo_depth_ros.bench import backends
+
+    known = backends.GPU_VARIANTS if device == 'cuda' else backends.CPU_VARIANTS
+    variants = [v.strip() for v in args.backends.split(',') if v.strip()]
+    unknown = [v for v in variants if v not in known]
+    if unknown:
+        raise ConfigError(f'Unknown variant(s) {", ".join(unknown)}; known: {", ".join(known)}.')
+    if args.model not in models.MODEL_NAMES or args.model == 'photometric':
+        raise ConfigError(f'--model must be a network name, got {args.model!r}.')
+    if args.frames < 1:
+        raise ConfigError(f'--frames must be >= 1, got {args.frames}.')
+    sizes_text = BACKEND_SIZES if args.sizes == DEFAULT_SIZES else args.sizes
+    sizes = parse_sizes(sizes_text, min_side=14)
+    build = backends.build_gpu_variant if device == 'cuda' else backends.build_cpu_variant
+    peaks = {p: backends.matmul_throughput(p, device=device)
+             for p in (('fp32', 'fp16') if device == 'cuda' else ('fp32', 'bf16'))}
+    title = (f'{args.model} (random weights) per backend, uint8 in -> depth out, median of '
+             f'{args.repeats} interleaved rounds; {backends.describe_machine(peaks, device)}')
+    backends.compare(args.model, sizes, variants, device=device, repeats=args.repeats,
+                     frames=args.frames, build=build, peaks=peaks,
+                     report=lambda rows: print_table(title, rows))
+    print('\nVariants: ' + '; '.join(f'{v}: {known[v]}' for v in variants if v in known))
 
 
 def _row(model: DepthModel, height: int, width: int, ms: float,

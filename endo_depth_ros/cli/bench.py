@@ -20,6 +20,7 @@ TOPICS = {
     'scale': 'metric scale from stereo / kinematics: quality, robustness, cost',
     'consistency': 'alignment judged against the truth: sequences x models x modes',
     'qos': 'camera frames delivered by size, QoS and middleware settings',
+    'gpu': 'backend table (fp16, CUDA graphs, TensorRT) on a CUDA GPU',
 }
 
 

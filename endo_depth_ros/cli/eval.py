@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--input-size', type=int, default=0,
                        help='network input size in pixels (default 0: the official size, '
                             '518 Depth Anything, 384 MiDaS/DPT)')
+    group.add_argument('--backend', default='auto',
+                       choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt'),
+                       help='inference backend (default auto: the fastest within the '
+                            'accuracy budget)')
+    group.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'fp16', 'bf16'),
+                       help='model precision (default auto)')
+    group.add_argument('--input-resize', default='auto', choices=('auto', 'official'),
+                       help='auto: never upsample a camera beyond its short side; official: '
+                            'always scale the short side to --input-size (default auto)')
     group.add_argument('--max-size', default=None, metavar='WIDTHxHEIGHT',
                        help="working size limit: larger frames are processed shrunk to fit "
                             "(default: the node's input.max_width x max_height; 0 = full "
@@ -154,9 +163,10 @@ def config_from_args(args: argparse.Namespace) -> evaluation.EvalConfig:
     base = PipelineConfig()
     if args.input_size != 0 and args.input_size < 14:
         raise ConfigError(f'--input-size must be at least 14, got {args.input_size}.')
-    base = replace(base, model=replace(base.model, device=args.device,
-                                       input_size=args.input_size,
-                                       video_alignment=args.video_alignment))
+    base = replace(base, model=replace(
+        base.model, device=args.device, input_size=args.input_size, backend=args.backend,
+        precision=args.precision, input_resize=args.input_resize,
+        video_alignment=args.video_alignment))
     base = replace(base, scale=scale_config(args.scale_source, args.scale_param))
     if args.fov == 'off':
         base = replace(base, field_of_view=replace(base.field_of_view, mode='off'))

@@ -18,6 +18,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--height', type=int, required=True, help='image height (pixels)')
     parser.add_argument('--width', type=int, required=True, help='image width (pixels)')
     parser.add_argument('--out', type=Path, required=True, help='output .onnx file')
+    parser.add_argument('--input-resize', choices=('auto', 'official'), default='auto',
+                        help='auto: never upsample the camera beyond its short side; '
+                             'official: always scale the short side to --input-size '
+                             '(default auto, as load())')
+    parser.add_argument('--int8', action='store_true',
+                        help='write an int8 model: onnxruntime dynamic MatMul quantisation '
+                             '(.onnx), or with --calibration an NNCF-calibrated OpenVINO IR '
+                             '(.xml + .bin)')
+    parser.add_argument('--calibration', type=Path, metavar='BAG',
+                        help='bag (or npz folder) whose images calibrate --int8 (OpenVINO/NNCF)')
+    parser.add_argument('--calibration-frames', type=int, default=100,
+                        help='frames taken evenly from the calibration bag (default 100)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an existing --out file (never the checkpoint)')
     parser.add_argument('--input-size', type=int, default=0,
@@ -82,7 +95,12 @@ def _run(args: argparse.Namespace) -> int:
                           f'{args.input_size}.')
     from endo_depth_ros.models.video_depth_anything import is_video_name
     check_image_size(args.width, args.height)
-    prepare_file_output(args.out, overwrite=args.overwrite, inputs=[args.checkpoint])
+    _check_int8_arguments(args)
+    inputs = [args.checkpoint, *([args.calibration] if args.calibration else [])]
+    prepare_file_output(args.out, overwrite=args.overwrite, inputs=inputs)
+    if args.int8 and args.calibration:
+        prepare_file_output(args.out.with_suffix('.bin'), overwrite=args.overwrite,
+                            inputs=inputs)
     if is_video_name(args.name):
         return _export_video(args)
     if args.name in FAMILY_MODULES:
@@ -96,7 +114,9 @@ def _run(args: argparse.Namespace) -> int:
                                             max_depth=args.max_depth)
     model = TorchDepthModel(network, name=args.name, output_kind=output_kind, device='cpu',
                             precision='fp32', input_size=args.input_size or None,
-                            warmup=False)
+                            warmup=False, resize=args.input_resize)
+    if args.int8:
+        return _export_int8(args, model)
     path = export_onnx(model, args.out, args.height, args.width, opset=args.opset,
                        dynamic_batch=not args.static_batch, precision=args.precision)
     net_h, net_w = model.network_size(args.height, args.width)
@@ -146,6 +166,90 @@ def _export_video(args: argparse.Namespace) -> int:
         print(f'{PROG}: onnxruntime vs torch (3 streaming steps) max relative difference '
               f'{error:.2e}')
     return 0
+
+
+def _check_int8_arguments(args: argparse.Namespace) -> None:
+    if args.calibration is not None and not args.int8:
+        raise ConfigError('--calibration calibrates an --int8 export; add --int8.')
+    if not args.int8:
+        return
+    if args.precision != 'fp32':
+        raise ConfigError('--int8 quantises the fp32 graph; drop --precision.')
+    want = '.xml' if args.calibration else '.onnx'
+    if args.out.suffix != want:
+        kind = 'an OpenVINO IR (.xml)' if args.calibration else 'an ONNX file (.onnx)'
+        raise ConfigError(f'--int8{" --calibration" if args.calibration else ""} writes '
+                          f'{kind}; got --out {args.out}.')
+    if args.calibration is not None and args.calibration_frames < 1:
+        raise ConfigError(f'--calibration-frames must be >= 1, got {args.calibration_frames}.')
+
+
+def _export_int8(args: argparse.Namespace, model: Any) -> int:
+    """fp32 ONNX into a temporary folder, then the int8 model at ``args.out``."""
+    import tempfile
+
+    from endo_depth_ros.models import load
+    from endo_depth_ros.models.onnx_runtime import export_onnx
+    from endo_depth_ros.models.quantize import (
+        quantize_dynamic_matmul,
+        quantize_static_openvino,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / 'fp32.onnx', args.height, args.width,
+                           opset=args.opset, dynamic_batch=not args.static_batch)
+        if args.calibration is None:
+            path = quantize_dynamic_matmul(fp32, args.out)
+            how, backend, frames = 'onnxruntime dynamic MatMul int8', 'onnxruntime', []
+        else:
+            frames = calibration_frames(args.calibration, args.height, args.width,
+                                        args.calibration_frames)
+            path, used = quantize_static_openvino(fp32, args.out, frames)
+            how, backend = f'OpenVINO/NNCF int8 calibrated on {used} frames', 'openvino'
+    print(f'{PROG}: wrote {path}: {args.name}, {args.height}x{args.width} images, {how}')
+    if not args.no_verify:
+        rng = np.random.default_rng(0)
+        checks = frames[:4] or [rng.integers(0, 256, (args.height, args.width, 3), np.uint8)]
+        quantized = load(args.name, path, backend=backend, device='cpu')
+        errors = []
+        for rgb in checks:
+            reference = model.infer(rgb)
+            errors.append(float(np.linalg.norm(quantized.infer(rgb) - reference)
+                                / max(float(np.linalg.norm(reference)), 1e-12)))
+        print(f'{PROG}: int8 vs torch fp32 relative L2 error {np.mean(errors):.2e} '
+              f'({len(checks)} frame(s))')
+    return 0
+
+
+def calibration_frames(bag: Path, height: int, width: int, count: int) -> list[np.ndarray]:
+    """``count`` images spread evenly over a recording, resized to ``height x width``.
+
+    Raises:
+        BagError: unreadable recording; ConfigError: it has no images.
+    """
+    import cv2
+
+    from endo_depth_ros.bags import read_frames
+
+    # Bounded memory: keep every stride-th image; when 2 * count are held, drop every
+    # second one and double the stride, so the kept ones stay spread over the recording.
+    images: list[np.ndarray] = []
+    stride = 1
+    for index, frame in enumerate(read_frames(bag)):
+        if index % stride == 0:
+            images.append(frame.rgb)
+            if len(images) >= 2 * count:
+                images, stride = images[::2], stride * 2
+    if not images:
+        raise ConfigError(f'{bag} has no images to calibrate with.')
+    picks = np.unique(np.linspace(0, len(images) - 1, min(count, len(images))).round())
+    out = []
+    for i in picks.astype(int):
+        rgb = images[i]
+        if rgb.shape[:2] != (height, width):
+            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        out.append(np.ascontiguousarray(rgb))
+    return out
 
 
 if __name__ == '__main__':

@@ -32,8 +32,11 @@ class DepthModel(abc.ABC):
         name: registry name (``'photometric'``, ``'dav2-s'``, ...).
         output_kind: ``'relative_disparity'`` or ``'metric_depth'`` (see module doc).
         device: where the computation runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
-        precision: ``'fp32'`` or ``'fp16'``.
-        backend: ``'torch'``, ``'onnxruntime'``, ``'tensorrt'`` or ``'opencv'``.
+        precision: ``'fp32'``, ``'fp16'``, ``'bf16'`` or ``'int8'`` (a quantised export).
+        backend: ``'torch'``, ``'onnxruntime'``, ``'openvino'``, ``'tensorrt'`` or
+            ``'opencv'``.
+        selection: which backend and precision ``load()`` chose and why (one sentence,
+            for the start-up log and ``/diagnostics``; empty when built directly).
         max_depth: metric networks with a bounded head: the largest depth (m) they can
             output (the scale of Depth Anything's sigmoid head); None otherwise.
     """
@@ -44,6 +47,7 @@ class DepthModel(abc.ABC):
     precision: str
     backend: str
     max_depth: float | None = None
+    selection: str = ''
 
     @property
     @abc.abstractmethod

@@ -764,13 +764,16 @@ class TorchDepthModel(DepthModel):
         name: registry name reported by ``name``.
         output_kind: what the network emits.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` (never a silent fallback).
-        precision: ``'auto'`` (fp16 on CUDA), ``'fp32'``, ``'fp16'`` (CUDA autocast only).
+        precision: ``'auto'`` (fp16 on CUDA), ``'fp32'``, ``'fp16'`` (CUDA autocast only),
+            ``'bf16'`` (CPU autocast where the CPU has native bf16; CUDA autocast).
         input_size: target size of the network input (pixels; the short side for Depth
             Anything, rounded to a multiple of 14; the side nearest to it for MiDaS, the
             square side for DPT folders, multiples of 32). None: the family's official
             size (518 Depth Anything, 384 MiDaS/DPT).
         warmup: run one inference on a square ``input_size`` image now, so the first
             real frame does not pay for lazy initialisation.
+        resize: ``'official'`` or ``'auto'`` (``preprocessing.RESIZE_MODES``).
+        compile: ``torch.compile`` the forward (``torch_runtime``; opt-in, slow first call).
 
     Pre/post-processing follows the official code of the family named by ``name``
     (``preprocessing.InputRecipe``).
@@ -786,7 +789,11 @@ class TorchDepthModel(DepthModel):
         precision: str = 'auto',
         input_size: int | None = None,
         warmup: bool = True,
+        resize: str = 'official',
+        compile: bool = False,
     ) -> None:
+        from endo_depth_ros.models.torch_runtime import TorchRunner
+
         self.name = name
         self.output_kind = output_kind
         self.device = resolve_device(device)
@@ -799,12 +806,13 @@ class TorchDepthModel(DepthModel):
         else:
             recipe = parse_name(name).recipe
             input_size = input_size or recipe.native_size
-            net = DepthNet(network, input_size, recipe)
+            net = DepthNet(network, input_size, recipe, resize)
         if output_kind == 'metric_depth':
             config: Any = getattr(network, 'config', None)
             self.max_depth = (float(config.max_depth) if getattr(config, 'max_depth', None)
                               else None)
         self.net = net.to(self.device).eval()
+        self.runner = TorchRunner(self.net, self.device, self.precision, compile=compile)
         self._last_size = self.net.network_size(input_size, input_size)
         if warmup:
             self.infer(np.zeros((input_size, input_size, 3), np.uint8))
@@ -818,11 +826,4 @@ class TorchDepthModel(DepthModel):
 
     def _infer_batch(self, batch: np.ndarray) -> np.ndarray:
         self._last_size = self.net.network_size(batch.shape[1], batch.shape[2])
-        with torch.inference_mode():
-            rgb = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
-            if self.precision == 'fp16':
-                with torch.autocast('cuda', dtype=torch.float16):
-                    out = self.net(rgb)
-            else:
-                out = self.net(rgb)
-            return out.float().cpu().numpy()
+        return self.runner(batch)

@@ -95,8 +95,8 @@ def export_onnx(
         'name': model.name, 'output_kind': model.output_kind,
         'image_height': height, 'image_width': width,
         'network_height': net_h, 'network_width': net_w,
-        'input_size': net.input_size, 'dynamic_batch': int(dynamic_batch),
-        'precision': precision,
+        'input_size': net.input_size, 'input_resize': net.resize,
+        'dynamic_batch': int(dynamic_batch), 'precision': precision,
     }
     if model.max_depth is not None:
         metadata['max_depth'] = model.max_depth
@@ -198,8 +198,8 @@ class OnnxDepthModel(DepthModel):
             precision = 'fp32'  # no TensorRT-EP down-casting on top of an fp16 graph
         providers, self.device, self.precision = _providers(
             ort.get_available_providers(), device, precision)
-        if graph_precision == 'fp16':
-            self.precision = 'fp16'
+        if graph_precision in ('fp16', 'int8'):
+            self.precision = graph_precision
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as err:  # onnxruntime raises its own pybind types

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from endo_depth_ros.errors import BackendUnavailableError, ConfigError
+from endo_depth_ros.models import hardware
 
 #: ImageNet statistics, used by Depth Anything (DINOv2 backbone).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,6 +38,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: MiDaS v3 / DPT normalise to [-1, 1].
 DPT_MEAN = (0.5, 0.5, 0.5)
 DPT_STD = (0.5, 0.5, 0.5)
+#: How the network input size follows the camera: ``'auto'`` scales the short side to
+#: ``input_size`` but never above the camera's own short side (rounded to the patch
+#: multiple), so a small camera is not upsampled into a slower, no more detailed input;
+#: ``'official'`` always scales the short side to ``input_size``, as the authors' code.
+RESIZE_MODES: tuple[str, ...] = ('auto', 'official')
 
 
 @dataclass(frozen=True)
@@ -141,14 +147,24 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``'auto'`` -> fp16 on CUDA, fp32 on CPU; fp16 on the CPU is refused.
+    """``'auto'`` -> fp16 on CUDA, fp32 on CPU; fp16 on the CPU and bf16 without it refused.
+
+    ``auto`` stays fp32 on the CPU here: the ``auto`` backend choice
+    (``endo_depth_ros.models.auto``) decides whether bf16 is worth it for a network.
 
     Raises:
-        ConfigError: unknown value, or ``'fp16'`` on the CPU (slow and inaccurate there).
+        ConfigError: unknown value, ``'fp16'`` on the CPU (slow and inaccurate there), or
+            ``'bf16'`` on a CPU without native bf16 (``hardware.cpu_supports_bf16``).
     """
     if precision == 'auto':
         return 'fp16' if device.startswith('cuda') else 'fp32'
     if precision == 'fp32':
+        return precision
+    if precision == 'bf16':
+        if not device.startswith('cuda') and not hardware.cpu_supports_bf16():
+            raise ConfigError(
+                f"precision 'bf16' needs a CPU with native bf16 (AMX or AVX512-BF16); "
+                f'{hardware.cpu_name()} has neither. Use precision fp32 or auto.')
         return precision
     if precision == 'fp16':
         if not device.startswith('cuda'):
@@ -156,7 +172,8 @@ def resolve_precision(precision: str, device: str) -> str:
                 f"precision 'fp16' needs a CUDA device (device is {device!r}); "
                 "use precision 'fp32' or 'auto' on the CPU.")
         return precision
-    raise ConfigError(f"Unknown precision {precision!r}; expected 'auto', 'fp32' or 'fp16'.")
+    raise ConfigError(
+        f"Unknown precision {precision!r}; expected 'auto', 'fp32', 'fp16' or 'bf16'.")
 
 
 class DepthNet(nn.Module):
@@ -168,6 +185,8 @@ class DepthNet(nn.Module):
         input_size: target size of the network input (pixels, see ``recipe_size``).
         recipe: the family's official pre/post-processing (None: Depth Anything V2
             for Depth Anything networks, the HF processor for DPT ones).
+        input_size: short side of the network input (pixels).
+        resize: ``'auto'`` or ``'official'`` (see ``RESIZE_MODES``).
     """
 
     mean: torch.Tensor
@@ -175,10 +194,14 @@ class DepthNet(nn.Module):
 
     def __init__(
         self, network: nn.Module, input_size: int, recipe: InputRecipe | None = None,
+        resize: str = 'official',
     ) -> None:
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise ConfigError(f'Unknown input resize {resize!r}; expected one of {RESIZE_MODES}.')
         self.network = network
         self.input_size = input_size
+        self.resize = resize
         if recipe is None:
             is_dpt = getattr(network.config, 'model_type', '') == 'dpt'
             recipe = HF_DPT if is_dpt else DEPTH_ANYTHING_V2
@@ -188,8 +211,16 @@ class DepthNet(nn.Module):
         self.register_buffer('std', torch.tensor(recipe.std).view(1, 3, 1, 1), persistent=False)
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
-        """Network input ``(h, w)`` for an image of ``height x width`` (per the recipe)."""
-        return recipe_size(self.recipe, height, width, self.input_size)
+        """Network input ``(h, w)`` for an image of ``height x width`` (per the recipe).
+
+        With ``resize='auto'`` the target never exceeds the image's own short side
+        (rounded to the patch multiple): a small camera is not upsampled.
+        """
+        target = self.input_size
+        if self.resize == 'auto':
+            own = max(self.multiple, round(min(height, width) / self.multiple) * self.multiple)
+            target = min(target, own)
+        return recipe_size(self.recipe, height, width, target)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """``rgb``: (N, H, W, 3) uint8 -> (N, H, W) float32 network output."""

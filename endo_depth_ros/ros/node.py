@@ -190,6 +190,8 @@ class DepthNode(Node):
             f'{model_.precision}, {model_.output_kind}), alignment '
             f'{self._pipeline.aligner.config.mode}, listening on {self._image_topic} + '
             f'{self._info_topic}.')
+        if model_.selection:
+            self.get_logger().info(f'Model path: {model_.selection}')
         if start_worker:
             self._worker = threading.Thread(target=self._run_worker, name='endo_depth_worker',
                                             daemon=True)
@@ -634,6 +636,7 @@ class DepthNode(Node):
             'model.backend': model.backend,
             'model.device': model.device,
             'model.precision': model.precision,
+            'model.selection': model.selection,
             'model.output_kind': model.output_kind,
             'model.max_depth_m': 'n/a' if model.max_depth is None else f'{model.max_depth:g}',
             'alignment.mode': self._pipeline.aligner.config.mode,

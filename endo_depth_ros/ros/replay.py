@@ -257,6 +257,9 @@ def _node_arguments(spec: ModelSpec, align: str, config: EvalConfig, image_topic
         f'model.name:={spec.name}',
         f'model.device:={model.device}',
         f'model.input_size:={model.input_size}',
+        f'model.backend:={model.backend}',
+        f'model.precision:={model.precision}',
+        f'model.input_resize:={model.input_resize}',
         f'alignment.mode:={align}',
     ]
     if spec.checkpoint:
