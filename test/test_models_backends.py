@@ -260,8 +260,8 @@ def test_photometric_works_under_auto() -> None:
 
 
 def test_auto_resize_never_upsamples_a_small_camera(network: torch.nn.Module) -> None:
-    official = DepthNet(network, 518, 'official')
-    automatic = DepthNet(network, 518, 'auto')
+    official = DepthNet(network, 518, resize='official')
+    automatic = DepthNet(network, 518, resize='auto')
     assert official.network_size(256, 320) == (518, 644)  # upsampled 2x (the authors')
     assert automatic.network_size(256, 320) == (252, 308)  # own short side, patch multiple
     assert automatic.network_size(1080, 1920) == official.network_size(1080, 1920)

@@ -73,7 +73,7 @@ BAD_KINDS = ('random_bytes', 'text', 'pickled_module', 'truncated', 'empty', 'pa
 def test_every_non_checkpoint_is_one_line_naming_the_file(kind: str, tmp_path: Path) -> None:
     path = _bad_file(kind, tmp_path)
     with pytest.raises(ModelLoadError) as info:
-        models.load('dav2-s', path, device='cpu')
+        models.load('dav2-s', path, device='cpu', backend='torch')
     message = str(info.value)
     assert message.startswith(f'{path} {NOT_A_CHECKPOINT}'), message
     assert '\n' not in message and '\x1b' not in message
@@ -88,7 +88,14 @@ def test_pickled_module_names_the_pickled_class(tmp_path: Path) -> None:
 
 def test_onnx_given_to_torch_points_to_onnxruntime(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="use backend 'onnxruntime'"):
-        models.load('dav2', _bad_file('onnx', tmp_path), device='cpu')
+        models.load('dav2', _bad_file('onnx', tmp_path), device='cpu', backend='torch')
+
+
+def test_an_onnx_file_without_our_metadata_is_one_line_under_auto(tmp_path: Path) -> None:
+    path = _bad_file('onnx', tmp_path)
+    with pytest.raises(ModelLoadError, match='lacks the endo_depth_ros metadata') as info:
+        models.load('dav2', path, device='cpu')
+    assert str(info.value).startswith(str(path)) and '\n' not in str(info.value)
 
 
 def test_a_pickle_without_tensors_is_not_a_state_dict(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def export_onnx(
         'name': model.name, 'output_kind': model.output_kind,
         'image_height': height, 'image_width': width,
         'network_height': net_h, 'network_width': net_w,
-        'input_size': net.input_size, 'input_resize': net.resize,
+        'input_size': net.input_size, 'input_resize': getattr(net, 'resize', 'official'),
         'dynamic_batch': int(dynamic_batch), 'precision': precision,
     }
     if model.max_depth is not None:

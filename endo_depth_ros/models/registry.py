@@ -169,7 +169,8 @@ def load(
                               f'not {name!r}.')
     else:
         check_max_depth(name, parse_name(name).metric, max_depth)
-    kind = auto.checkpoint_kind(path)
+    # backend 'torch' always reads a checkpoint (an ONNX file given to it is refused as one).
+    kind = 'torch' if backend == 'torch' else auto.checkpoint_kind(path)
     if kind != 'torch':
         plan = auto.plan_for_export(kind, backend, device, precision)
         model = _load_export(plan, path, name, device, max_depth)
@@ -230,7 +231,13 @@ def _load_network(name: str, path: Path, backend: str, device: str, precision: s
     network, output_kind = (load_family_network(name, path, input_size=input_size)
                             if name in FAMILY_MODULES
                             else load_network(name, path, max_depth=max_depth))
-    plan = auto.plan_for_network(network, backend, device, precision)
+    if name in FAMILY_MODULES and backend == 'auto':
+        # The OpenVINO and bf16 choices were measured on Depth Anything only.
+        plan = Plan('torch', 'fp32' if precision == 'auto' else precision,
+                    f'{name} runs in torch (auto chooses OpenVINO/bf16 for the Depth '
+                    'Anything family only, where their accuracy was measured)')
+    else:
+        plan = auto.plan_for_network(network, backend, device, precision)
     on_torch = plan.backend == 'torch'
     model: DepthModel = TorchDepthModel(
         network, name=name, output_kind=output_kind, device=device,
