@@ -8,7 +8,6 @@ pixels repeated), independently of torch's interpolation.
 from __future__ import annotations
 
 import copy
-
 import math
 from pathlib import Path
 
