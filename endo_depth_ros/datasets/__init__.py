@@ -100,40 +100,42 @@ def import_dataset(
     if view is not None:
         topics.append((bags.TOPIC_VIEW, bags.IMAGE_TYPE))
     step = progress(dataset.count) if progress is not None else None
+    # Only once the writer has prepared ``out`` is the folder ours to remove: a refusal
+    # raised while preparing it must leave whatever is there untouched.
+    bag = bags.BagWriter(out, storage=storage, overwrite=overwrite, topics=topics)
     try:
-        count = _write(dataset, out, storage, overwrite, topics, view, step)
+        with bag:
+            count = _write(dataset, bag, view, step)
+        if count == 0:
+            raise DatasetError(f'{src}: no frame was imported.')
     except BaseException:
-        # A half-written bag would later read as a short recording: remove what we made.
+        # A half-written or empty bag would later read as a recording: remove what we made.
         shutil.rmtree(out, ignore_errors=True)
         raise
-    if count == 0:
-        raise DatasetError(f'{src}: no frame was imported.')
     return count
 
 
-def _write(dataset: Dataset, out: str | Path, storage: str, overwrite: bool,
-           topics: list[tuple[str, str]], view: np.ndarray | None,
+def _write(dataset: Dataset, bag: bags.BagWriter, view: np.ndarray | None,
            step: Callable[[], object] | None) -> int:
     count = 0
-    with bags.BagWriter(out, storage=storage, overwrite=overwrite, topics=topics) as bag:
-        for frame in dataset.frames:
-            stamp = frame.stamp_ns
-            if count == 0:
-                bag.write_string(bags.TOPIC_GT_INFO, stamp, bags.gt_info_yaml(dataset.gt_units))
-                if view is not None:
-                    if view.shape != frame.rgb.shape[:2]:
-                        raise DatasetError(
-                            f'The field-of-view mask is {view.shape[1]}x{view.shape[0]} but '
-                            f'the images are {frame.rgb.shape[1]}x{frame.rgb.shape[0]}.')
-                    bag.write_image(bags.TOPIC_VIEW, stamp, view.astype(np.uint8) * 255,
-                                    'mono8')
-            bag.write_image(bags.TOPIC_IMAGE, stamp, frame.rgb, 'rgb8')
-            bag.write_camera_info(bags.TOPIC_CAMERA_INFO, stamp, frame.intrinsics)
-            if dataset.has_depth and frame.depth is not None:
-                bag.write_depth(bags.TOPIC_DEPTH, stamp, frame.depth)
-            if dataset.has_pose and frame.pose is not None:
-                bag.write_pose(bags.TOPIC_POSE, stamp, frame.pose)
-            count += 1
-            if step is not None:
-                step()
+    for frame in dataset.frames:
+        stamp = frame.stamp_ns
+        if count == 0:
+            bag.write_string(bags.TOPIC_GT_INFO, stamp, bags.gt_info_yaml(dataset.gt_units))
+            if view is not None:
+                if view.shape != frame.rgb.shape[:2]:
+                    raise DatasetError(
+                        f'The field-of-view mask is {view.shape[1]}x{view.shape[0]} but '
+                        f'the images are {frame.rgb.shape[1]}x{frame.rgb.shape[0]}.')
+                bag.write_image(bags.TOPIC_VIEW, stamp, view.astype(np.uint8) * 255,
+                                'mono8')
+        bag.write_image(bags.TOPIC_IMAGE, stamp, frame.rgb, 'rgb8')
+        bag.write_camera_info(bags.TOPIC_CAMERA_INFO, stamp, frame.intrinsics)
+        if dataset.has_depth and frame.depth is not None:
+            bag.write_depth(bags.TOPIC_DEPTH, stamp, frame.depth)
+        if dataset.has_pose and frame.pose is not None:
+            bag.write_pose(bags.TOPIC_POSE, stamp, frame.pose)
+        count += 1
+        if step is not None:
+            step()
     return count
