@@ -10,6 +10,7 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from endo_depth_ros import bags
+from endo_depth_ros.bags.messages import camera_info_msg, header_msg, image_msg, pose_msg
 from endo_depth_ros.errors import BagError, ConfigError, OutputError
 from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 
@@ -146,9 +147,9 @@ def _write_custom_bag(path: Path, frames: list[SynthFrame]) -> None:
         depth = writer.add_connection('/cam/aligned_depth/image_raw', bags.IMAGE_TYPE,
                                       typestore=store)
         for i, f in enumerate(frames):
-            header = bags._header(types, f.stamp_ns, 'cam')
+            header = header_msg(types, f.stamp_ns, 'cam')
             if i == 0:
-                msg = bags._camera_info(types, header, f.intrinsics)
+                msg = camera_info_msg(types, header, f.intrinsics)
                 writer.write(info, f.stamp_ns, store.serialize_cdr(msg, msg.__msgtype__))
             png = cv2.imencode('.png', cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR))[1]
             msg = types[bags.COMPRESSED_TYPE](header=header, format='rgb8; png compressed bgr8',
@@ -156,7 +157,7 @@ def _write_custom_bag(path: Path, frames: list[SynthFrame]) -> None:
             writer.write(image, f.stamp_ns, store.serialize_cdr(msg, msg.__msgtype__))
             if i % 2 == 0:
                 mm = np.where(np.isfinite(f.depth), np.rint(f.depth * 1e3), 0).astype(np.uint16)
-                msg = bags._image(types, header, mm, '16UC1')
+                msg = image_msg(types, header, mm, '16UC1')
                 writer.write(depth, f.stamp_ns + 1, store.serialize_cdr(msg, msg.__msgtype__))
 
 
@@ -188,7 +189,7 @@ def test_bag_without_image_topic_raises_bag_error(tmp_path: Path,
     path = tmp_path / 'poses_only'
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conn = writer.add_connection('/pose', bags.POSE_TYPE, typestore=store)
-        msg = bags._pose(store.types, bags._header(store.types, 1, 'world'), frames[0].pose)
+        msg = pose_msg(store.types, header_msg(store.types, 1, 'world'), frames[0].pose)
         writer.write(conn, 1, store.serialize_cdr(msg, msg.__msgtype__))
     with pytest.raises(BagError, match='no colour image topic'):
         bags.detect_topics(path)
