@@ -181,6 +181,31 @@ class FrameResult:
 
 
 @dataclass
+class PreparedFrame:
+    """A frame after :meth:`Pipeline.prepare`, waiting for :meth:`Pipeline.complete`.
+
+    Attributes:
+        stamp_ns: the input stamp (ns).
+        rgb: (H, W, 3) uint8 at the working size.
+        intrinsics: the camera at the working size.
+        raw: (H, W) float32 model output, NaN outside the field of view.
+        view: (H, W) bool field of view, or None (every pixel in view).
+        input_size: ``(width, height)`` of the frame as given to ``prepare``.
+        timings_ms: wall time of the stages so far (``resize``, ``model``), ms.
+        stereo: the right image at the working size, or None.
+    """
+
+    stamp_ns: int
+    rgb: np.ndarray
+    intrinsics: Intrinsics
+    raw: np.ndarray
+    view: np.ndarray | None
+    input_size: tuple[int, int]
+    timings_ms: dict[str, float]
+    stereo: StereoPair | None = None
+
+
+@dataclass
 class _InFlight:
     """A frame pushed to the aligner whose aligned depth has not come out yet."""
 
@@ -227,6 +252,7 @@ class Pipeline:
         self._next_index = 0
         self._last_stamp_ns: int | None = None
         self._camera: Intrinsics | None = None
+        self._model_camera: Intrinsics | None = None  # camera of the last prepared frame
         self._last_pose: PoseEstimate | None = None
         #: Frames the stream restarted on (camera changed, reset()).
         self.resets = 0
@@ -276,7 +302,23 @@ class Pipeline:
                 ``'image_shape'``), does not match the intrinsics (``'size_mismatch'``) or
                 the stamp goes backwards (``'stamp_order'``). The pipeline is unchanged.
         """
-        self._check_input(rgb, intrinsics, stamp_ns)
+        self._check_stamp(stamp_ns)
+        prepared = self.prepare(rgb, intrinsics, stamp_ns, stereo=stereo)
+        return self.complete(prepared, compute_points=compute_points, compute_pose=compute_pose)
+
+    def prepare(self, rgb: np.ndarray, intrinsics: Intrinsics, stamp_ns: int, *,
+                stereo: StereoPair | None = None) -> PreparedFrame:
+        """First half of :meth:`process`: working size, depth model, field of view.
+
+        It needs no result of earlier frames' :meth:`complete`, so a live node runs it for
+        the next frame while the previous one completes (``endo_depth_ros.stages``).
+        Frames must still be prepared in stamp order; a prepared frame may be dropped.
+
+        Raises:
+            BadInputError: as :meth:`process`, except ``'stamp_order'`` (checked by
+                :meth:`complete`). The pipeline is unchanged.
+        """
+        self._check_image(rgb, intrinsics)
         timings: dict[str, float] = {}
         input_size = intrinsics.size
         working = self.config.resolution.working_size(*input_size)
@@ -289,19 +331,38 @@ class Pipeline:
                                     stereo.baseline_m)
             intrinsics = intrinsics_working
             timings['resize'] = _ms_since(start)
-        new_camera = self._camera is not None and intrinsics != self._camera
-        if new_camera:
+        if self._model_camera is not None and intrinsics != self._model_camera:
             # A video model must not attend to the previous camera's frames.
             reset_model_stream(self.model)
         start = time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
         self._pad_model_time(start)
+        self._model_camera = intrinsics
         view = self.field_of_view.update(rgb)
         if view is not None:
             # The network's guesses for the dark surround must reach no later stage.
             raw = np.where(view, raw, np.float32(np.nan)).astype(np.float32, copy=False)
         timings['model'] = _ms_since(start)
+        return PreparedFrame(stamp_ns, rgb, intrinsics, raw, view, input_size, timings, stereo)
 
+    def complete(self, prepared: PreparedFrame, *, compute_points: bool = True,
+                 compute_pose: bool = True) -> list[FrameResult]:
+        """Second half of :meth:`process`: odometry, alignment, scale, geometry.
+
+        Frames must complete in stamp order (each needs the previous one's aligned depth).
+
+        Returns:
+            As :meth:`process`.
+
+        Raises:
+            BadInputError: reason ``'stamp_order'`` when the stamp goes backwards (the
+                pipeline is unchanged).
+        """
+        self._check_stamp(prepared.stamp_ns)
+        rgb, intrinsics, stamp_ns = prepared.rgb, prepared.intrinsics, prepared.stamp_ns
+        raw, view, timings = prepared.raw, prepared.view, prepared.timings_ms
+        stereo, input_size = prepared.stereo, prepared.input_size
+        new_camera = self._camera is not None and intrinsics != self._camera
         results: list[FrameResult] = []
         if new_camera:
             # A new camera (resolution, zoom, calibration): earlier depths and poses no
@@ -371,7 +432,7 @@ class Pipeline:
         """Forget the stream (buffers, keyframes, odometry, stamp order, field of view);
         keep the model."""
         self._restart()
-        self._camera = None
+        self._camera = self._model_camera = None
         self.field_of_view.reset()
 
     def add_kinematics(self, stamp_ns: int, pose: np.ndarray) -> None:
@@ -398,7 +459,7 @@ class Pipeline:
         self._last_pose = None
         self.resets += 1
 
-    def _check_input(self, rgb: np.ndarray, intrinsics: Intrinsics, stamp_ns: int) -> None:
+    def _check_image(self, rgb: np.ndarray, intrinsics: Intrinsics) -> None:
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8:
             dtype = getattr(rgb, 'dtype', type(rgb).__name__)
             raise BadInputError(f'Expected a uint8 RGB image, got {dtype}.', 'encoding')
@@ -410,6 +471,8 @@ class Pipeline:
             raise BadInputError(
                 f'Image is {width}x{height} but its camera info is '
                 f'{intrinsics.width}x{intrinsics.height}.', 'size_mismatch')
+
+    def _check_stamp(self, stamp_ns: int) -> None:
         if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
             raise BadInputError(
                 f'Stamp {stamp_ns} ns is earlier than the previous frame ({self._last_stamp_ns} '
