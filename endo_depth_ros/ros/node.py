@@ -17,7 +17,8 @@ into a one-slot mailbox (an unprocessed older one is dropped and counted) and wo
 threads run the pipeline and publish. With ``input.pipelined`` (default) the work is
 split into three stages, each in its own thread with a one-slot mailbox in front
 (:mod:`endo_depth_ros.stages`): decode + working size + model (``Pipeline.prepare``),
-odometry + alignment (``Pipeline.complete``), cloud + publishing; consecutive frames
+odometry + alignment (``Pipeline.complete``), cloud (``Pipeline.add_cloud``) +
+publishing; consecutive frames
 overlap on the CPU cores, frames leave in order, the newest first, drops counted.
 Work for outputs nobody subscribes to is skipped. Bad inputs are dropped with one
 rate-limited warning per cause and counted in diagnostics; the node keeps serving.
@@ -442,7 +443,8 @@ class DepthNode(Node):
         Returns:
             The frame for :meth:`_complete_stage`, or None when nobody listens.
         """
-        start = time.perf_counter()
+        clock = self._pipeline.stage_clock
+        start = clock()
         settings = self._settings
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         self._check_stamp_jump(stamp_ns)
@@ -453,7 +455,7 @@ class DepthNode(Node):
         info = self._camera_info_for(stamp_ns)
         intrinsics = conversions.camera_info_to_intrinsics(info, (rgb.shape[1], rgb.shape[0]))
         frame_id = self._camera_frame(msg.header.frame_id)
-        conversion_ms = self._last_conversion_ms = (time.perf_counter() - start) * 1e3
+        conversion_ms = self._last_conversion_ms = (clock() - start) * 1e3
 
         wanted = self._wanted()
         if not wanted.any:
@@ -472,7 +474,7 @@ class DepthNode(Node):
         return _Work(prepared, wanted, timings)
 
     def _complete_stage(self, work: _Work) -> _Work:
-        """Stage 2: odometry, alignment, scale and geometry of a prepared frame."""
+        """Stage 2: odometry, alignment and scale of a prepared frame."""
         stamp_ns = work.prepared.stamp_ns
         with self._complete_lock:
             self._scale_inputs.feed_kinematics(self._pipeline, stamp_ns)
@@ -487,9 +489,11 @@ class DepthNode(Node):
         return work
 
     def _publish_stage(self, work: _Work) -> None:
-        """Stage 3: results -> messages -> publishers."""
+        """Stage 3: point cloud, results -> messages -> publishers."""
         timings = work.timings
         for result in work.results:
+            if work.wanted.points:
+                self._pipeline.add_cloud(result)
             publish_ms = self._publish(result, work.wanted)
             timings.update(result.timings_ms)
             timings['publish'] = publish_ms
@@ -542,7 +546,8 @@ class DepthNode(Node):
     def _run_pipeline(self, prepared: PreparedFrame, wanted: _Wanted) -> list[FrameResult]:
         # The kinematic scale is measured from odometry: it needs the pose.
         needs_pose = wanted.needs_pose or self._pipeline.config.scale.source == 'kinematics'
-        kwargs: dict[str, Any] = {'compute_points': wanted.points, 'compute_pose': needs_pose}
+        # The cloud is built by the publishing stage (Pipeline.add_cloud), off this one.
+        kwargs: dict[str, Any] = {'compute_points': False, 'compute_pose': needs_pose}
         try:
             results = self._pipeline.complete(prepared, **kwargs)
         except BadInputError as err:
@@ -618,7 +623,8 @@ class DepthNode(Node):
         return wanted
 
     def _publish(self, result: FrameResult, wanted: _Wanted) -> float:
-        start = time.perf_counter()
+        clock = self._pipeline.stage_clock
+        start = clock()
         frame_id, info = self._frames.pop(result.stamp_ns, (None, None))
         for stamp in [s for s in list(self._frames) if s < result.stamp_ns]:
             self._frames.pop(stamp, None)  # frames the aligner (or a busy stage) dropped
@@ -667,7 +673,7 @@ class DepthNode(Node):
             self._stats.published += 1
             if now_ns > 0:  # a sim-time clock reads 0 until /clock arrives
                 self._stats.add_latency((now_ns - result.stamp_ns) / 1e6)
-        return (time.perf_counter() - start) * 1e3
+        return (clock() - start) * 1e3
 
     # ------------------------------------------------------------------ reporting
 
