@@ -2,11 +2,13 @@
 
 A frame's work is split into stages (in the node: decode and shrink + model; odometry
 and alignment; cloud and publishing). Each stage runs in its own thread and passes its
-result to the next stage through a one-slot mailbox: when the next stage is still busy
-with an earlier item, a newer result replaces the waiting one, which is dropped and
-counted (latency beats completeness live). Items therefore leave the chain in the order
-they entered it, never older than what already left, and every item is either finished
-or reported to ``on_drop`` exactly once.
+result to the next stage through a one-slot mailbox. A stage starts an item only when
+the mailbox after it is empty (back-pressure), so no work is spent on an item that
+would wait behind another: items wait only in front of the first stage, where a newer
+one replaces the waiting one, which is dropped and counted (latency beats completeness
+live). Items therefore leave the chain in the order they entered it, each the newest
+one when the first stage took it, and every item is either finished or reported to
+``on_drop`` exactly once.
 
 OpenCV and numpy release the GIL in their heavy loops, so on two cores the stages of
 consecutive frames overlap: frame n+1 is shrunk and inferred while frame n is aligned
@@ -33,7 +35,8 @@ class StageChain:
         stages: the stage functions, first to last; each runs in its own thread.
         names: thread names (one per stage).
         on_drop: ``on_drop(stage_index)`` when an item waiting for stage
-            ``stage_index`` is replaced by a newer one (called under no lock of the chain).
+            ``stage_index`` is replaced by a newer one (called under no lock of the chain;
+            with the back-pressure always 0, the first stage).
         on_error: ``on_error(stage_index, error, item)`` when a stage raises.
 
     Not a queue: at most one item waits in front of each stage.
@@ -99,10 +102,11 @@ class StageChain:
 
     def _run(self, index: int) -> None:
         stage = self._stages[index]
+        last = index + 1 == len(self._stages)
         while True:
             with self._condition:
-                self._condition.wait_for(
-                    lambda: self._slots[index] is not None or self._stopping)
+                self._condition.wait_for(lambda: self._stopping or (
+                    self._slots[index] is not None and (last or self._slots[index + 1] is None)))
                 if self._stopping:
                     return
                 item, self._slots[index] = self._slots[index], None

@@ -41,38 +41,39 @@ def test_every_item_passes_every_stage_in_order_when_nothing_waits() -> None:
     assert recorder.drops == [] and recorder.errors == []
 
 
-def test_a_busy_stage_gets_the_newest_item_and_every_older_waiting_one_is_counted() -> None:
+def test_a_busy_stage_holds_the_chain_back_and_only_the_newest_waiting_item_survives() -> None:
     gate = threading.Event()
     started = threading.Event()
+    started_items: list[int] = []
     finished: list[int] = []
     recorder = Recorder()
+
+    def first(x: int) -> int:
+        started_items.append(x)
+        return x
 
     def slow(x: int) -> int:
         started.set()
         gate.wait(5.0)
         return x
 
-    chain = StageChain([lambda x: x, slow, finished.append], ['a', 'b', 'c'],
+    chain = StageChain([first, slow, finished.append], ['a', 'b', 'c'],
                        recorder.on_drop, recorder.on_error)
     try:
         chain.put(0)
         assert started.wait(5.0)  # stage b holds item 0
-        for i in range(1, 6):
-            chain.put(i)
-            # Wait until stage a handed i on (it then waits in front of the busy stage b).
-            deadline = threading.Event()
-            while not deadline.wait(0.001):
-                with chain._condition:
-                    if chain._slots[0] is None and not chain._busy[0]:
-                        break
+        chain.put(1)
+        with chain._condition:  # stage a hands 1 on; it then waits in front of b
+            assert chain._condition.wait_for(lambda: chain._slots[1] == 1, 5.0)
+        for i in range(2, 6):
+            chain.put(i)  # stage a may not start: the mailbox after it is full
         gate.set()
         assert chain.wait_idle(5.0)
     finally:
         assert chain.stop(5.0)
-    # Item 0 was in progress; of 1..5 only the newest survived the wait in front of b
-    # (0 itself may then be overtaken by 5 in front of c, which is counted too).
-    assert finished in ([0, 5], [5])
-    assert recorder.drops[:4] == [1, 1, 1, 1]  # 1..4 replaced in front of stage 1 (b)
+    assert finished == [0, 1, 5]
+    assert started_items == [0, 1, 5]  # no work spent on 2..4
+    assert recorder.drops == [0, 0, 0]  # 2, 3, 4 replaced in front of the first stage
     assert len(finished) + len(recorder.drops) == 6  # every item finished or counted
 
 
