@@ -22,6 +22,7 @@ The pipeline is ROS-free; ``endo_depth_ros.ros.node`` wraps it for live topics a
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 import time
 
@@ -181,6 +182,31 @@ class FrameResult:
 
 
 @dataclass
+class PreparedFrame:
+    """A frame after :meth:`Pipeline.prepare`, waiting for :meth:`Pipeline.complete`.
+
+    Attributes:
+        stamp_ns: the input stamp (ns).
+        rgb: (H, W, 3) uint8 at the working size.
+        intrinsics: the camera at the working size.
+        raw: (H, W) float32 model output, NaN outside the field of view.
+        view: (H, W) bool field of view, or None (every pixel in view).
+        input_size: ``(width, height)`` of the frame as given to ``prepare``.
+        timings_ms: wall time of the stages so far (``resize``, ``model``), ms.
+        stereo: the right image at the working size, or None.
+    """
+
+    stamp_ns: int
+    rgb: np.ndarray
+    intrinsics: Intrinsics
+    raw: np.ndarray
+    view: np.ndarray | None
+    input_size: tuple[int, int]
+    timings_ms: dict[str, float]
+    stereo: StereoPair | None = None
+
+
+@dataclass
 class _InFlight:
     """A frame pushed to the aligner whose aligned depth has not come out yet."""
 
@@ -227,9 +253,13 @@ class Pipeline:
         self._next_index = 0
         self._last_stamp_ns: int | None = None
         self._camera: Intrinsics | None = None
+        self._model_camera: Intrinsics | None = None  # camera of the last prepared frame
         self._last_pose: PoseEstimate | None = None
         #: Frames the stream restarted on (camera changed, reset()).
         self.resets = 0
+        #: Clock of ``FrameResult.timings_ms`` (s): wall time; the node benchmark measures
+        #: CPU time with ``time.thread_time``.
+        self.stage_clock: Callable[[], float] = time.perf_counter
 
     @property
     def cloud_config(self) -> CloudConfig:
@@ -276,32 +306,67 @@ class Pipeline:
                 ``'image_shape'``), does not match the intrinsics (``'size_mismatch'``) or
                 the stamp goes backwards (``'stamp_order'``). The pipeline is unchanged.
         """
-        self._check_input(rgb, intrinsics, stamp_ns)
+        self._check_stamp(stamp_ns)
+        prepared = self.prepare(rgb, intrinsics, stamp_ns, stereo=stereo)
+        return self.complete(prepared, compute_points=compute_points, compute_pose=compute_pose)
+
+    def prepare(self, rgb: np.ndarray, intrinsics: Intrinsics, stamp_ns: int, *,
+                stereo: StereoPair | None = None) -> PreparedFrame:
+        """First half of :meth:`process`: working size, depth model, field of view.
+
+        It needs no result of earlier frames' :meth:`complete`, so a live node runs it for
+        the next frame while the previous one completes (``endo_depth_ros.stages``).
+        Frames must still be prepared in stamp order; a prepared frame may be dropped.
+
+        Raises:
+            BadInputError: as :meth:`process`, except ``'stamp_order'`` (checked by
+                :meth:`complete`). The pipeline is unchanged.
+        """
+        self._check_image(rgb, intrinsics)
         timings: dict[str, float] = {}
         input_size = intrinsics.size
         working = self.config.resolution.working_size(*input_size)
         if working != input_size:
-            start = time.perf_counter()
+            start = self.stage_clock()
             rgb, intrinsics_working = to_working_size(rgb, intrinsics, working)
             if stereo is not None:
                 # The pair stays a pair: the right image takes the left one's working size.
                 stereo = StereoPair(to_working_size(stereo.right, intrinsics, working)[0],
                                     stereo.baseline_m)
             intrinsics = intrinsics_working
-            timings['resize'] = _ms_since(start)
-        new_camera = self._camera is not None and intrinsics != self._camera
-        if new_camera:
+            timings['resize'] = self._ms_since(start)
+        if self._model_camera is not None and intrinsics != self._model_camera:
             # A video model must not attend to the previous camera's frames.
             reset_model_stream(self.model)
-        start = time.perf_counter()
+        start, wall_start = self.stage_clock(), time.perf_counter()
         raw = self.model.infer(rgb)  # first: a model error leaves the pipeline unchanged
-        self._pad_model_time(start)
+        self._pad_model_time(wall_start)
+        self._model_camera = intrinsics
         view = self.field_of_view.update(rgb)
         if view is not None:
             # The network's guesses for the dark surround must reach no later stage.
             raw = np.where(view, raw, np.float32(np.nan)).astype(np.float32, copy=False)
-        timings['model'] = _ms_since(start)
+        timings['model'] = self._ms_since(start)
+        return PreparedFrame(stamp_ns, rgb, intrinsics, raw, view, input_size, timings, stereo)
 
+    def complete(self, prepared: PreparedFrame, *, compute_points: bool = True,
+                 compute_pose: bool = True) -> list[FrameResult]:
+        """Second half of :meth:`process`: odometry, alignment, scale, geometry.
+
+        Frames must complete in stamp order (each needs the previous one's aligned depth).
+
+        Returns:
+            As :meth:`process`.
+
+        Raises:
+            BadInputError: reason ``'stamp_order'`` when the stamp goes backwards (the
+                pipeline is unchanged).
+        """
+        self._check_stamp(prepared.stamp_ns)
+        rgb, intrinsics, stamp_ns = prepared.rgb, prepared.intrinsics, prepared.stamp_ns
+        raw, view, timings = prepared.raw, prepared.view, prepared.timings_ms
+        stereo, input_size = prepared.stereo, prepared.input_size
+        new_camera = self._camera is not None and intrinsics != self._camera
         results: list[FrameResult] = []
         if new_camera:
             # A new camera (resolution, zoom, calibration): earlier depths and poses no
@@ -315,12 +380,12 @@ class Pipeline:
 
         if not self._windowed:
             estimate = self._track(rgb, intrinsics, compute_pose, timings, view)
-            start = time.perf_counter()
+            start = self.stage_clock()
             aligned = self.aligner.push(
                 raw, output_kind=self.model.output_kind,
                 pose=estimate.pose if estimate is not None and estimate.valid else None,
                 intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
-            timings['alignment'] = _ms_since(start)
+            timings['alignment'] = self._ms_since(start)
             frame = _InFlight(stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose,
                               timings, stereo=stereo, view=view, input_size=input_size)
             for out in aligned:
@@ -333,18 +398,18 @@ class Pipeline:
         estimate = self._track(rgb, intrinsics, compute_pose, timings, view)
         pose = None
         if estimate is not None:
-            start = time.perf_counter()
+            start = self.stage_clock()
             self.odometry.set_reference_depth(self._provisional_depth(raw, intrinsics, estimate))
-            timings['odometry'] += _ms_since(start)
+            timings['odometry'] += self._ms_since(start)
             pose = estimate.pose if estimate.valid else None
         self._in_flight[index] = _InFlight(
             stamp_ns, rgb, intrinsics, raw, compute_points, compute_pose, timings, estimate,
             stereo, view, input_size)
-        start = time.perf_counter()
+        start = self.stage_clock()
         aligned = self.aligner.push(raw, output_kind=self.model.output_kind, pose=pose,
                                     intrinsics=intrinsics, stamp_ns=stamp_ns, mask=view)
         # The window's alignment cost is charged to the frame that triggered it.
-        timings['alignment'] = timings.get('alignment', 0.0) + _ms_since(start)
+        timings['alignment'] = timings.get('alignment', 0.0) + self._ms_since(start)
         results.extend(self._finish_windowed(aligned))
         self._bound_in_flight()
         return results
@@ -357,9 +422,9 @@ class Pipeline:
         """
         if not self._windowed:
             return []
-        start = time.perf_counter()
+        start = self.stage_clock()
         aligned = self.aligner.flush()
-        elapsed = _ms_since(start)
+        elapsed = self._ms_since(start)
         results = self._finish_windowed(aligned)
         if results:
             results[0].timings_ms['alignment'] = (
@@ -371,7 +436,7 @@ class Pipeline:
         """Forget the stream (buffers, keyframes, odometry, stamp order, field of view);
         keep the model."""
         self._restart()
-        self._camera = None
+        self._camera = self._model_camera = None
         self.field_of_view.reset()
 
     def add_kinematics(self, stamp_ns: int, pose: np.ndarray) -> None:
@@ -398,7 +463,7 @@ class Pipeline:
         self._last_pose = None
         self.resets += 1
 
-    def _check_input(self, rgb: np.ndarray, intrinsics: Intrinsics, stamp_ns: int) -> None:
+    def _check_image(self, rgb: np.ndarray, intrinsics: Intrinsics) -> None:
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8:
             dtype = getattr(rgb, 'dtype', type(rgb).__name__)
             raise BadInputError(f'Expected a uint8 RGB image, got {dtype}.', 'encoding')
@@ -410,10 +475,15 @@ class Pipeline:
             raise BadInputError(
                 f'Image is {width}x{height} but its camera info is '
                 f'{intrinsics.width}x{intrinsics.height}.', 'size_mismatch')
+
+    def _check_stamp(self, stamp_ns: int) -> None:
         if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
             raise BadInputError(
                 f'Stamp {stamp_ns} ns is earlier than the previous frame ({self._last_stamp_ns} '
                 f'ns, {(self._last_stamp_ns - stamp_ns) / 1e6:.3f} ms back).', 'stamp_order')
+
+    def _ms_since(self, start: float) -> float:
+        return (self.stage_clock() - start) * 1e3
 
     def _pad_model_time(self, start: float) -> None:
         remaining = self.config.model.min_period_s - (time.perf_counter() - start)
@@ -424,9 +494,9 @@ class Pipeline:
                timings: dict[str, float], view: np.ndarray | None) -> PoseEstimate | None:
         if not compute_pose or not self.config.odometry.enabled:
             return None
-        start = time.perf_counter()
+        start = self.stage_clock()
         estimate = self.odometry.track(rgb, intrinsics, view=view)
-        timings['odometry'] = _ms_since(start)
+        timings['odometry'] = self._ms_since(start)
         self._last_pose = estimate
         return estimate
 
@@ -438,27 +508,35 @@ class Pipeline:
             depth = np.where(frame.view, depth, np.float32(np.nan)).astype(np.float32, copy=False)
         if estimate is not None and reference:
             # The reference depth must be the aligned one, so odometry and clouds share scale.
-            start = time.perf_counter()
+            start = self.stage_clock()
             self.odometry.set_reference_depth(depth)
-            frame.timings_ms['odometry'] += _ms_since(start)
+            frame.timings_ms['odometry'] += self._ms_since(start)
         if self.scale.active:
             # Depth, cloud and pose translations all take the same metric scale.
-            start = time.perf_counter()
+            start = self.stage_clock()
             depth, estimate = self.scale.apply(depth, frame.rgb, frame.intrinsics,
                                                frame.stamp_ns, estimate, frame.stereo)
-            frame.timings_ms['scale'] = _ms_since(start)
-        cloud = None
-        if frame.compute_points:
-            start = time.perf_counter()
-            cloud = make_cloud(depth, frame.intrinsics, self.config.cloud, rgb=frame.rgb,
-                               mask=frame.view)
-            frame.timings_ms['geometry'] = _ms_since(start)
-        return FrameResult(
+            frame.timings_ms['scale'] = self._ms_since(start)
+        result = FrameResult(
             index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
-            raw=frame.raw, output_kind=self.model.output_kind, depth=depth, cloud=cloud,
+            raw=frame.raw, output_kind=self.model.output_kind, depth=depth,
             pose=estimate, fallback=bool(aligned.fallback), scale=float(aligned.scale),
             shift=float(aligned.shift), timings_ms=frame.timings_ms, view=frame.view,
             input_size=frame.input_size)
+        if frame.compute_points:
+            self.add_cloud(result)
+        return result
+
+    def add_cloud(self, result: FrameResult) -> None:
+        """Build ``result.cloud`` from its depth (what ``compute_points`` does).
+
+        Needs no pipeline state but the cloud settings: a live node builds the cloud of a
+        frame completed with ``compute_points=False`` in another thread.
+        """
+        start = self.stage_clock()
+        result.cloud = make_cloud(result.depth, result.intrinsics, self.config.cloud,
+                                  rgb=result.rgb, mask=result.view)
+        result.timings_ms['geometry'] = self._ms_since(start)
 
     def _finish_windowed(self, aligned: list[AlignedFrame]) -> list[FrameResult]:
         results = []
@@ -522,7 +600,3 @@ def alignment_for_model(model: DepthModel, config: PipelineConfig) -> AlignmentC
     if is_video_model(model) and config.model.video_alignment == 'scale':
         return replace(config.alignment, mode='none')
     return config.alignment
-
-
-def _ms_since(start: float) -> float:
-    return (time.perf_counter() - start) * 1e3

@@ -8,6 +8,7 @@ failures and at shutdown.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import contextlib
 import functools
 import importlib.util
 import math
@@ -348,6 +349,82 @@ def test_overloaded_node_serves_the_newest_frame_at_model_rate_with_bounded_late
     assert np.median(latencies_s[-4:-1]) < np.median(latencies_s[:3]) + period_s / 2
     assert int(values['frames_dropped']) >= count - len(served) - 5
     assert float(values['latency_p50_ms']) < 2e3 * period_s
+
+
+def test_an_overloaded_pipelined_node_accounts_for_every_frame_and_serves_them_in_order(
+        ros: RosTestNode) -> None:
+    """Three stages with a slow model: frames leave in stamp order, the newest is served,
+    and every frame received is published or counted as dropped (by whichever stage)."""
+    namespace = unique_namespace()
+    count = 40
+    with start_node(namespace, 'model.min_period_s:=0.05', 'diagnostics.period_s:=0.2',
+                    'input.pipelined:=true') as node:
+        player = Player(ros, namespace)
+        player.wait_connected(lambda _k: time.time_ns())
+        player.depth.clear()
+        source = PacedSource(player, 100.0, count)
+        assert source.done.wait(count / 100.0 * 5 + TIMEOUT_S)
+        player.wait_depth(source.sent[-1])  # the newest frame is always served
+        values = player.diagnostic_values(
+            lambda v: int(v['frames_received']) >= count + 1 and int(v['frames_received'])
+            == int(v['frames_published']) + int(v['frames_dropped'])
+            + int(v['inputs_rejected']) + int(v['frames_skipped_no_subscribers']))
+        node.assert_clean_exit()
+    served = [conversions.stamp_to_ns(m.header.stamp) for m in player.depth.wait_for(1)]
+    assert served == sorted(served) and len(set(served)) == len(served)
+    assert set(served) <= set(source.sent)
+    assert int(values['frames_dropped']) > 0  # the camera was faster than the model
+    assert int(values['inputs_rejected']) == 0
+
+
+def test_the_pipelined_node_publishes_exactly_what_the_single_thread_node_does(
+        ros: RosTestNode) -> None:
+    """Fed one frame at a time (nothing dropped), both paths give identical outputs."""
+    nodes = {pipelined: unique_namespace() for pipelined in (True, False)}
+    frames = list(render_sequence(SynthConfig(width=192, height=160, frames=12, seed=3)))
+    stamps = [1_700_000_000_000_000_000 + i * 33_000_000 for i in range(len(frames))]
+    outputs: dict[bool, dict[str, dict[int, Any]]] = {}
+    with contextlib.ExitStack() as stack:
+        players = {}
+        for pipelined, namespace in nodes.items():
+            stack.enter_context(start_node(
+                namespace, f'input.pipelined:={str(pipelined).lower()}',
+                'input.max_width:=128', 'input.max_height:=128'))
+            player = Player(ros, namespace)
+            player.record(points=PointCloud2, pose=PoseStamped, colormap=Image)
+            player.image_pub.wait_for_subscribers()
+            player.info_pub.wait_for_subscribers()
+            for recorder in player.outputs.values():
+                assert recorder.matched.wait(TIMEOUT_S)
+            players[pipelined] = player
+        for frame, stamp in zip(frames, stamps, strict=True):
+            for player in players.values():
+                player.send_frame(frame, stamp)
+            for player in players.values():
+                for key, recorder in player.outputs.items():
+                    if key != 'pose':  # a frame without a valid pose publishes none
+                        recorder.wait_until(lambda ms, s=stamp: any(
+                            conversions.stamp_to_ns(m.header.stamp) == s for m in ms),
+                            TIMEOUT_S)
+        poses = [player.outputs['pose'] for player in players.values()]
+        with contextlib.suppress(AssertionError):  # compared below
+            poses[0].wait_until(lambda ms: len(ms) == len(poses[1].messages) > 0, 2.0)
+        for pipelined, player in players.items():
+            outputs[pipelined] = {
+                key: {conversions.stamp_to_ns(m.header.stamp): m for m in recorder.wait_for(1)}
+                for key, recorder in player.outputs.items()}
+    pipelined, single = outputs[True], outputs[False]
+    for key in ('depth', 'colormap', 'points'):
+        assert sorted(pipelined[key]) == sorted(single[key]) == stamps, key
+        for stamp in stamps:
+            assert bytes(pipelined[key][stamp].data) == bytes(single[key][stamp].data), key
+    assert pipelined['depth'][stamps[0]].width == 128  # the working size was applied
+    assert sorted(pipelined['pose']) == sorted(single['pose'])
+    assert len(pipelined['pose']) >= len(stamps) // 2
+    for stamp in pipelined['pose']:
+        a, b = pipelined['pose'][stamp].pose, single['pose'][stamp].pose
+        assert (a.position.x, a.position.y, a.position.z, a.orientation.w) == (
+            b.position.x, b.position.y, b.position.z, b.orientation.w)
 
 
 def _record_arrival(arrivals: list[tuple[int, int]], msg: Image) -> None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.pipeline import Pipeline, PipelineConfig
-from endo_depth_ros.resolution import ResolutionConfig, to_working_size, upsample_depth
+from endo_depth_ros.resolution import (
+    ResolutionConfig,
+    shrink,
+    to_working_size,
+    upsample_depth,
+)
 from endo_depth_ros.synth import SynthConfig, render_sequence
 
 
@@ -66,3 +72,36 @@ def test_the_gt_oracle_samples_the_truth_at_the_working_size() -> None:
     oracle.set_next(frames[0].depth)
     (result,) = pipeline.process(frames[0].rgb, frames[0].intrinsics, frames[0].stamp_ns)
     np.testing.assert_array_equal(result.raw, upsample_depth(frames[0].depth, (64, 48)))
+
+
+def _textured(width: int, height: int) -> np.ndarray:
+    """A smooth image with fine texture on top (what aliasing would show)."""
+    rng = np.random.default_rng(4)
+    base = cv2.resize(rng.integers(0, 256, (27, 48, 3), dtype=np.uint8), (width, height),
+                      interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    fine = rng.integers(-20, 21, (height, width, 3))
+    return np.clip(base + fine, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(('source', 'target'), [
+    ((1920, 1080), (640, 360)), ((1920, 1080), (480, 270)), ((1921, 1081), (640, 360)),
+    ((1280, 720), (1000, 562))])
+def test_the_fast_shrink_stays_close_to_an_area_resize(
+        source: tuple[int, int], target: tuple[int, int]) -> None:
+    image = _textured(*source)
+    fast = shrink(image, target).astype(np.float64)
+    area = cv2.resize(image, target, interpolation=cv2.INTER_AREA).astype(np.float64)
+    plain = cv2.resize(image, target, interpolation=cv2.INTER_LINEAR).astype(np.float64)
+    assert fast.shape == area.shape == (target[1], target[0], 3)
+    # Pixel-level noise is the worst case for aliasing: still close to the area resize,
+    # and far closer than plain bilinear sampling.
+    error = np.sqrt(np.mean((fast - area) ** 2))
+    assert error < 3.0
+    if source[0] >= 2 * target[0]:  # below a factor 2 the last step is bilinear anyway
+        assert error < 0.5 * np.sqrt(np.mean((plain - area) ** 2))
+
+
+def test_halving_is_exactly_an_area_resize() -> None:
+    image = _textured(640, 360)
+    assert np.array_equal(shrink(image, (320, 180)),
+                          cv2.resize(image, (320, 180), interpolation=cv2.INTER_AREA))

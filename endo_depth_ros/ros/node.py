@@ -13,11 +13,17 @@ A thin adapter over :class:`endo_depth_ros.pipeline.Pipeline`:
   (when tf2_ros is importable) and ``/diagnostics`` (~1 Hz).
 
 It never falls behind the camera: the image callback only drops the newest message
-into a one-slot mailbox (an unprocessed older one is dropped and counted) and a worker
-thread runs the pipeline and publishes. Work for outputs nobody subscribes to is
-skipped. Bad inputs are dropped with one rate-limited warning per cause and counted in
-diagnostics; the node keeps serving. Start-up errors (bad parameters or ``--ros-args``,
-a model that cannot load) end the process with one line and exit code 2.
+into a one-slot mailbox (an unprocessed older one is dropped and counted) and worker
+threads run the pipeline and publish. With ``input.pipelined`` (default) the work is
+split into three stages, each in its own thread with a one-slot mailbox in front
+(:mod:`endo_depth_ros.stages`): decode + working size + model (``Pipeline.prepare``),
+odometry + alignment (``Pipeline.complete``), cloud (``Pipeline.add_cloud``) +
+publishing; consecutive frames
+overlap on the CPU cores, frames leave in order, the newest first, drops counted.
+Work for outputs nobody subscribes to is skipped. Bad inputs are dropped with one
+rate-limited warning per cause and counted in diagnostics; the node keeps serving.
+Start-up errors (bad parameters or ``--ros-args``, a model that cannot load) end the
+process with one line and exit code 2.
 
 Parameters are listed with their defaults and meaning in ``config/depth.yaml``;
 :func:`endo_depth_ros.ros.parameters.parameter_specs` is the authoritative list;
@@ -29,7 +35,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 import contextlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 import importlib
 import math
 import os
@@ -66,7 +72,7 @@ from endo_depth_ros.cli.common import EXIT_USAGE
 from endo_depth_ros.errors import BadInputError, ConfigError, EndoDepthError
 from endo_depth_ros.geometry import CloudConfig
 from endo_depth_ros.models import DepthModel
-from endo_depth_ros.pipeline import FrameResult, Pipeline, is_video_model
+from endo_depth_ros.pipeline import FrameResult, Pipeline, PreparedFrame, is_video_model
 from endo_depth_ros.resolution import upsample_depth
 from endo_depth_ros.ros import conversions, diagnostics, qos
 from endo_depth_ros.ros.parameters import (
@@ -79,7 +85,7 @@ from endo_depth_ros.ros.parameters import (
     pipeline_config_from_parameters,
 )
 from endo_depth_ros.ros.scale_inputs import ScaleInputs
-from endo_depth_ros.scale import StereoPair
+from endo_depth_ros.stages import StageChain
 from endo_depth_ros.visualize import colorize_depth
 
 RCLError = _rclpy.RCLError
@@ -132,12 +138,22 @@ class _Wanted:
         return self.pose or self.odom or self.tf
 
 
+@dataclass
+class _Work:
+    """One frame on its way through the node's stages."""
+
+    prepared: PreparedFrame
+    wanted: _Wanted
+    timings: dict[str, float]
+    results: list[FrameResult] = field(default_factory=list)
+
+
 class DepthNode(Node):
     """The ``endo_depth`` node (see the module docstring).
 
     Args:
         model: an already built model to use instead of loading ``model.*`` (benchmarks).
-        start_worker: start the processing thread (False: call :meth:`process_image`
+        start_worker: start the processing threads (False: call :meth:`process_image`
             yourself, as the node benchmark does).
         **kwargs: passed to ``rclpy.node.Node`` (``context``, ``parameter_overrides``,
             ``namespace``, ``cli_args``).
@@ -153,14 +169,16 @@ class DepthNode(Node):
         # First: destroy_node() needs these even when the rest of __init__ fails.
         self._lock = threading.Condition()
         self._stopping = False
-        self._worker: threading.Thread | None = None
+        self._chain: StageChain | None = None
+        # Held by the stages while they use the pipeline's halves (see _restart_stream).
+        self._prepare_lock = threading.RLock()
+        self._complete_lock = threading.RLock()
         self._specs = {spec.name: spec for spec in parameter_specs()}
         values = self._declare_parameters()
         self._settings = NodeSettings.from_values(values)
         config = pipeline_config_from_parameters(values)
         self._pipeline = Pipeline(config, model=model)
 
-        self._mailbox: Image | CompressedImage | None = None
         self._infos: deque[tuple[int, CameraInfo]] = deque(maxlen=CAMERA_INFO_HISTORY)
         self._info_matched = False
         self._info_fallback = False
@@ -171,6 +189,7 @@ class DepthNode(Node):
         self._last_good_stamp: int | None = None
         self._jump_stamp: int | None = None
         self._jumps = 0
+        self._last_conversion_ms = 0.0
         self._debug = self.get_logger().is_enabled_for(LoggingSeverity.DEBUG)
         # Frame id and camera info of frames in flight (window alignment emits them later).
         self._frames: dict[int, tuple[str, CameraInfo]] = {}
@@ -193,9 +212,14 @@ class DepthNode(Node):
         if model_.selection:
             self.get_logger().info(f'Model path: {model_.selection}')
         if start_worker:
-            self._worker = threading.Thread(target=self._run_worker, name='endo_depth_worker',
-                                            daemon=True)
-            self._worker.start()
+            # A video model's stream state must follow resets in order: one thread for it.
+            pipelined = self._settings.pipelined and not is_video_model(model_)
+            stages = ([self._prepare_stage, self._complete_stage, self._publish_stage]
+                      if pipelined else [self._whole_stage])
+            names = (['endo_depth_prepare', 'endo_depth_complete', 'endo_depth_publish']
+                     if pipelined else ['endo_depth_worker'])
+            self._chain = StageChain(stages, names, self._on_stage_drop, self._on_stage_error)
+            self.get_logger().debug(f'Processing threads: {", ".join(names)}.')
 
     # ------------------------------------------------------------------ set-up
 
@@ -345,14 +369,12 @@ class DepthNode(Node):
     # ------------------------------------------------------------------ callbacks
 
     def on_image(self, msg: Image | CompressedImage) -> None:
-        """Subscription callback: keep only the newest image for the worker."""
+        """Subscription callback: hand the image to the processing threads (newest wins)."""
         with self._lock:
             self._stats.received += 1
             self._stats.last_input = time.monotonic()
-            if self._mailbox is not None:
-                self._stats.dropped += 1
-            self._mailbox = msg
-            self._lock.notify_all()
+        if self._chain is not None:
+            self._chain.put(msg)
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         """Subscription callback: remember recent camera infos for pairing by stamp."""
@@ -360,14 +382,13 @@ class DepthNode(Node):
             self._infos.append((conversions.stamp_to_ns(msg.header.stamp), msg))
             self._lock.notify_all()
 
-    def _run_worker(self) -> None:
-        while True:
-            with self._lock:
-                self._lock.wait_for(lambda: self._mailbox is not None or self._stopping)
-                if self._stopping:
-                    return
-                msg, self._mailbox = self._mailbox, None
-            self.handle_image(msg)
+    def _on_stage_drop(self, _stage: int) -> None:
+        """A frame waiting for a busy stage was replaced by a newer one."""
+        with self._lock:
+            self._stats.dropped += 1
+
+    def _on_stage_error(self, _stage: int, err: Exception, _item: object) -> None:
+        self._count_failure(err)
 
     # ------------------------------------------------------------------ processing
 
@@ -375,19 +396,32 @@ class DepthNode(Node):
         """Process one image message, turning any failure into a counted rejection."""
         try:
             self.process_image(msg)
-        except BadInputError as err:
-            self._reject(err.reason, str(err))
         except Exception as err:
-            if not self.context.ok():
-                return  # shutting down: publishers are gone, nothing to report
-            # A bug must not stop the node serving the next frames; say what happened.
-            self._reject('internal_error', f'{type(err).__name__}: {err}')
-            self.get_logger().error(capped(
-                f'Unexpected error while processing a frame (the node keeps serving):\n'
-                f'{traceback.format_exc()}', MAX_TRACEBACK_CHARS), throttle_duration_sec=5.0)
+            self._count_failure(err)
+
+    def _count_failure(self, err: Exception) -> None:
+        """A frame failed: a bad input is a counted rejection; a bug is logged too."""
+        if isinstance(err, BadInputError):
+            self._reject(err.reason, str(err))
+            return
+        if not self.context.ok():
+            return  # shutting down: publishers are gone, nothing to report
+        # A bug must not stop the node serving the next frames; say what happened.
+        self._reject('internal_error', f'{type(err).__name__}: {err}')
+        trace = ''.join(traceback.format_exception(err))
+        self.get_logger().error(capped(
+            f'Unexpected error while processing a frame (the node keeps serving):\n{trace}',
+            MAX_TRACEBACK_CHARS), throttle_duration_sec=5.0)
+
+    def _whole_stage(self, msg: Image | CompressedImage) -> None:
+        """The unpipelined worker: every stage of one frame in one thread."""
+        self.process_image(msg)
 
     def process_image(self, msg: Image | CompressedImage) -> dict[str, float]:
-        """Convert, run the pipeline and publish one image (called by the worker).
+        """Convert, run the pipeline and publish one image, all in the calling thread.
+
+        The stages of the pipelined node run one after the other: the outputs are the
+        same as those of the pipelined node when it drops nothing.
 
         Returns:
             Per-stage wall time of this call (ms): conversion, resize, model, odometry,
@@ -396,7 +430,21 @@ class DepthNode(Node):
         Raises:
             BadInputError: the image, its camera info or its stamp cannot be used.
         """
-        start = time.perf_counter()
+        work = self._prepare_stage(msg)
+        if work is None:
+            return {'conversion': self._last_conversion_ms}
+        self._complete_stage(work)
+        self._publish_stage(work)
+        return work.timings
+
+    def _prepare_stage(self, msg: Image | CompressedImage) -> _Work | None:
+        """Stage 1: message -> arrays, camera info pairing, working size, model.
+
+        Returns:
+            The frame for :meth:`_complete_stage`, or None when nobody listens.
+        """
+        clock = self._pipeline.stage_clock
+        start = clock()
         settings = self._settings
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         self._check_stamp_jump(stamp_ns)
@@ -407,7 +455,7 @@ class DepthNode(Node):
         info = self._camera_info_for(stamp_ns)
         intrinsics = conversions.camera_info_to_intrinsics(info, (rgb.shape[1], rgb.shape[0]))
         frame_id = self._camera_frame(msg.header.frame_id)
-        conversion_ms = (time.perf_counter() - start) * 1e3
+        conversion_ms = self._last_conversion_ms = (clock() - start) * 1e3
 
         wanted = self._wanted()
         if not wanted.any:
@@ -415,33 +463,49 @@ class DepthNode(Node):
                 self._stats.idle += 1
             if self._debug:
                 self.get_logger().debug(f'Frame {stamp_ns} skipped: no output is subscribed.')
-            return {'conversion': conversion_ms}
-        self._frames[stamp_ns] = (frame_id, info)
+            return None
         stereo = self._scale_inputs.stereo_for(
             stamp_ns, self._settings.camera_info_tolerance_s, self._settings.camera_info_wait_s,
             (rgb.shape[1], rgb.shape[0]))
-        self._scale_inputs.feed_kinematics(self._pipeline, stamp_ns)
-        try:
-            results = self._run_pipeline(rgb, intrinsics, stamp_ns, wanted, stereo)
-        except BadInputError:
-            self._frames.pop(stamp_ns, None)
-            raise
-        self._last_good_stamp = stamp_ns
-        timings: dict[str, float] = {'conversion': conversion_ms}
-        for result in results:
-            publish_ms = self._publish(result, wanted)
+        with self._prepare_lock:
+            prepared = self._pipeline.prepare(rgb, intrinsics, stamp_ns, stereo=stereo)
+        self._frames[stamp_ns] = (frame_id, info)
+        timings = {'conversion': conversion_ms, **prepared.timings_ms}
+        return _Work(prepared, wanted, timings)
+
+    def _complete_stage(self, work: _Work) -> _Work:
+        """Stage 2: odometry, alignment and scale of a prepared frame."""
+        stamp_ns = work.prepared.stamp_ns
+        with self._complete_lock:
+            self._scale_inputs.feed_kinematics(self._pipeline, stamp_ns)
+            try:
+                work.results = self._run_pipeline(work.prepared, work.wanted)
+            except BadInputError:
+                self._frames.pop(stamp_ns, None)
+                raise
+            self._last_good_stamp = stamp_ns
+        with self._lock:
+            self._stats.processed += 1
+        return work
+
+    def _publish_stage(self, work: _Work) -> None:
+        """Stage 3: point cloud, results -> messages -> publishers."""
+        timings = work.timings
+        for result in work.results:
+            if work.wanted.points:
+                self._pipeline.add_cloud(result)
+            publish_ms = self._publish(result, work.wanted)
             timings.update(result.timings_ms)
             timings['publish'] = publish_ms
         with self._lock:
-            self._stats.processed += 1
             self._stats.add_timings(timings)
         if self._debug:
-            size = results[-1].intrinsics.size if results else intrinsics.size
+            prepared = work.prepared
+            size = work.results[-1].intrinsics.size if work.results else prepared.intrinsics.size
             self.get_logger().debug(
-                f'Frame {stamp_ns} ({rgb.shape[1]}x{rgb.shape[0]} -> {size[0]}x{size[1]}): '
-                f'{len(results)} result(s), ' + ', '.join(
+                f'Frame {prepared.stamp_ns} ({prepared.input_size[0]}x{prepared.input_size[1]} '
+                f'-> {size[0]}x{size[1]}): {len(work.results)} result(s), ' + ', '.join(
                     f'{stage} {ms:.1f} ms' for stage, ms in timings.items()))
-        return timings
 
     def _check_stamp_jump(self, stamp_ns: int) -> None:
         """Drop a frame stamped far ahead of the last good one (a wrong clock, a corrupt
@@ -470,20 +534,22 @@ class DepthNode(Node):
             f'{self._settings.max_stamp_jump_s} s.', 'stamp_jump')
 
     def _restart_stream(self) -> None:
-        self._pipeline.reset()
-        self._frames.clear()
-        self._previous_pose = None
-        self._last_good_stamp = None
-        self._jumps = self._backwards = 0
+        # Both halves of the pipeline are reset: wait for the stage using each (always in
+        # this order, so that the stages cannot deadlock).
+        with self._complete_lock, self._prepare_lock:
+            self._pipeline.reset()
+            self._frames.clear()
+            self._previous_pose = None
+            self._last_good_stamp = None
+            self._jumps = self._backwards = 0
 
-    def _run_pipeline(self, rgb: np.ndarray, intrinsics: Any, stamp_ns: int,
-                      wanted: _Wanted, stereo: StereoPair | None = None) -> list[FrameResult]:
+    def _run_pipeline(self, prepared: PreparedFrame, wanted: _Wanted) -> list[FrameResult]:
         # The kinematic scale is measured from odometry: it needs the pose.
         needs_pose = wanted.needs_pose or self._pipeline.config.scale.source == 'kinematics'
-        kwargs: dict[str, Any] = {'compute_points': wanted.points, 'compute_pose': needs_pose,
-                                  'stereo': stereo}
+        # The cloud is built by the publishing stage (Pipeline.add_cloud), off this one.
+        kwargs: dict[str, Any] = {'compute_points': False, 'compute_pose': needs_pose}
         try:
-            results = self._pipeline.process(rgb, intrinsics, stamp_ns, **kwargs)
+            results = self._pipeline.complete(prepared, **kwargs)
         except BadInputError as err:
             if err.reason != 'stamp_order':
                 raise
@@ -493,10 +559,10 @@ class DepthNode(Node):
             self.get_logger().warning(
                 f'{self._backwards} frames in a row went back in time: taking it as a restarted '
                 'stream (looping bag or restarted driver) and resetting the pipeline.')
-            this_frame = self._frames[stamp_ns]
+            this_frame = self._frames[prepared.stamp_ns]
             self._restart_stream()
-            self._frames[stamp_ns] = this_frame
-            results = self._pipeline.process(rgb, intrinsics, stamp_ns, **kwargs)
+            self._frames[prepared.stamp_ns] = this_frame
+            results = self._pipeline.complete(prepared, **kwargs)
         self._backwards = 0
         return results
 
@@ -557,10 +623,11 @@ class DepthNode(Node):
         return wanted
 
     def _publish(self, result: FrameResult, wanted: _Wanted) -> float:
-        start = time.perf_counter()
+        clock = self._pipeline.stage_clock
+        start = clock()
         frame_id, info = self._frames.pop(result.stamp_ns, (None, None))
-        for stamp in [s for s in self._frames if s < result.stamp_ns]:
-            del self._frames[stamp]  # frames the aligner will never emit
+        for stamp in [s for s in list(self._frames) if s < result.stamp_ns]:
+            self._frames.pop(stamp, None)  # frames the aligner (or a busy stage) dropped
         if frame_id is None or info is None:
             return 0.0
         stamp_ns = result.stamp_ns
@@ -606,7 +673,7 @@ class DepthNode(Node):
             self._stats.published += 1
             if now_ns > 0:  # a sim-time clock reads 0 until /clock arrives
                 self._stats.add_latency((now_ns - result.stamp_ns) / 1e6)
-        return (time.perf_counter() - start) * 1e3
+        return (clock() - start) * 1e3
 
     # ------------------------------------------------------------------ reporting
 
@@ -668,17 +735,15 @@ class DepthNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker (finishing its current frame) before the node goes."""
         # A node whose __init__ failed (e.g. the model did not load) has no worker yet.
-        if hasattr(self, '_worker'):
+        if hasattr(self, '_chain'):
             with self._lock:
                 self._stopping = True
                 self._lock.notify_all()
-            if self._worker is not None and self._worker is not threading.current_thread():
-                self._worker.join(timeout=0.2)
-                if self._worker.is_alive():
-                    self.get_logger().info(
-                        'Shutting down: finishing the current frame (press Ctrl-C again to '
-                        'exit at once).')
-                    self._worker.join(timeout=30.0)
+            if self._chain is not None and not self._chain.stop(timeout=0.2):
+                self.get_logger().info(
+                    'Shutting down: finishing the current frame (press Ctrl-C again to '
+                    'exit at once).')
+                self._chain.stop(timeout=30.0)
         super().destroy_node()
 
 

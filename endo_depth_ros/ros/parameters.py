@@ -75,6 +75,11 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('input.max_stamp_jump_s', 10.0,
                   'an image stamped more than this (s) after the last good one is dropped, '
                   'not adopted; a stream that stays there is taken as restarted', live=True),
+    ParameterSpec('input.pipelined', True,
+                  'process consecutive frames in three overlapping threads (decode + model, '
+                  'odometry + alignment, cloud + publishing; same outputs, higher frame '
+                  'rate on several cores); false: one worker thread. Video models always '
+                  'use one'),
     ParameterSpec('outputs.depth', True, 'publish depth/image (32FC1 m) and depth/camera_info'),
     ParameterSpec('outputs.colormap', True, 'publish depth/colormap (rgb8 turbo, near = red)'),
     ParameterSpec('outputs.points', True, 'publish depth/points (PointCloud2)'),
@@ -142,6 +147,7 @@ class NodeSettings:
     camera_info_wait_s: float
     max_input_pixels: int
     max_stamp_jump_s: float
+    pipelined: bool
     outputs: dict[str, bool]
     queue_depth: int
     full_resolution: bool
@@ -188,7 +194,8 @@ class NodeSettings:
         return cls(
             use_compressed=bool(values['input.use_compressed']),
             camera_info_tolerance_s=tolerance, camera_info_wait_s=wait,
-            max_input_pixels=max_pixels, max_stamp_jump_s=jump, outputs=outputs,
+            max_input_pixels=max_pixels, max_stamp_jump_s=jump,
+            pipelined=bool(values['input.pipelined']), outputs=outputs,
             queue_depth=depth, full_resolution=bool(values['outputs.full_resolution']),
             odom_frame=odom_frame, camera_frame=camera_frame, diagnostics_period_s=period)
 
