@@ -116,8 +116,8 @@ def parse_name(name: str) -> NameSpec:
     """
     if name in ('dpt-hybrid', 'dpt-large'):
         return NameSpec('dpt', name[4:], False)
-    if name == 'midas-dpt-large':
-        return NameSpec('midas', 'large', False)
+    if name in ('midas-dpt-large', 'midas-dpt-hybrid'):
+        return NameSpec('midas', name[10:], False)
     match = re.fullmatch(r'(dav1|dav2)(-metric)?(?:-([sbl]))?', name)
     if match is None or (match[1] == 'dav1' and match[2]):
         raise ModelLoadError(f'{name!r} is not a Depth Anything or DPT model name.')
@@ -233,26 +233,36 @@ def make_config(name: str) -> Any:
 
 
 def tiny_config(family: str = 'dav2', *, metric: bool = False) -> Any:
-    """A few-thousand-parameter config of ``family`` (``'dav1'``, ``'dav2'``, ``'dpt'``).
+    """A few-thousand-parameter config of ``family``.
 
-    For smoke tests and examples: same code paths as the real sizes, milliseconds per
-    frame. Depth Anything: ViT width 64, 4 blocks, 98-pixel pre-training grid; DPT: ViT
-    width 32, 4 blocks, patch 16.
+    ``family``: ``'dav1'``, ``'dav2'``, ``'dpt'``, ``'midas'`` or ``'midas-hybrid'``. For
+    smoke tests and examples: same code paths as the real sizes, milliseconds per frame.
+    Depth Anything: ViT width 64, 4 blocks, 98-pixel pre-training grid; DPT: ViT width 32,
+    4 blocks, patch 16; the hybrid adds a BiT stem of one bottleneck per stage (16, 32,
+    64 channels, 4 groups).
     """
     if family in ('dav1', 'dav2'):
         return depth_anything_config(
             1 if family == 'dav1' else 2, hidden_size=64, num_layers=4, features=16,
             out_channels=(8, 16, 32, 64), image_size=98, head_hidden_size=8, metric=metric)
-    if family in ('dpt', 'midas'):
+    if family in ('dpt', 'midas', 'midas-hybrid'):
         from transformers import DPTConfig
 
-        return DPTConfig(
-            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-            backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
-            fusion_hidden_size=16, readout_type='project', image_size=64, patch_size=16,
-            layer_norm_eps=1e-6 if family == 'midas' else 1e-12)
+        common: dict[str, Any] = {
+            'hidden_size': 32, 'num_hidden_layers': 4, 'num_attention_heads': 2,
+            'intermediate_size': 64, 'backbone_out_indices': [0, 1, 2, 3],
+            'fusion_hidden_size': 16, 'readout_type': 'project', 'image_size': 64,
+            'patch_size': 16, 'layer_norm_eps': 1e-12 if family == 'dpt' else 1e-6}
+        if family == 'midas-hybrid':
+            return DPTConfig(
+                is_hybrid=True, neck_hidden_sizes=[16, 32, 32, 32],
+                reassemble_factors=[1, 1, 1, 0.5], backbone_featmap_shape=[1, 64, 4, 4],
+                neck_ignore_stages=[0, 1],
+                backbone_config=midas.bit_config(8, (16, 32, 64), (1, 1, 1), 4),
+                **common)
+        return DPTConfig(neck_hidden_sizes=[8, 16, 32, 32], **common)
     raise ModelLoadError(
-        f"Unknown family {family!r}; expected 'dav1', 'dav2', 'dpt' or 'midas'.")
+        f"Unknown family {family!r}; expected 'dav1', 'dav2', 'dpt', 'midas' or 'midas-hybrid'.")
 
 
 def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Module:
@@ -260,8 +270,8 @@ def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Modu
 
     On ``device='meta'`` nothing is allocated: use it to count parameters or as the
     target of ``load_state_dict(..., assign=True)``. Depth Anything networks resize
-    their position embeddings as the official code (``models.dinov2``); plain-ViT DPT
-    networks accept any aspect ratio as MiDaS (``models.midas``).
+    their position embeddings as the official code (``models.dinov2``); DPT networks
+    (plain ViT and hybrid) accept any aspect ratio as MiDaS (``models.midas``).
     """
     from transformers import DepthAnythingForDepthEstimation, DPTForDepthEstimation
 
@@ -269,7 +279,7 @@ def build_network(config: Any, *, device: str | torch.device = 'cpu') -> nn.Modu
     with torch.device(device):
         network = cls(config)
     use_official_position_embeddings(network)
-    if config.model_type == 'dpt' and not config.is_hybrid:
+    if config.model_type == 'dpt':
         use_any_aspect(network)
     return network.eval()
 
@@ -618,11 +628,6 @@ def _read_folder(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
 def _detect_layout(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
     keys = list(state_dict)
     if midas.is_official_midas(keys):
-        if midas.is_hybrid(keys):
-            raise ModelLoadError(
-                f'{path} is an original MiDaS DPT-Hybrid checkpoint (timm ResNet50 stem), which '
-                "is not converted; convert it with transformers' convert_dpt_hybrid_to_pytorch.py "
-                'and load the folder as dpt-hybrid.')
         return 'midas'
     if any(k.startswith('pretrained.') for k in keys) and any(
             k.startswith('depth_head.') for k in keys):
@@ -643,9 +648,13 @@ def _detect_layout(state_dict: Mapping[str, torch.Tensor], path: Path) -> str:
 def _config_for_file(
     spec: NameSpec, name: str, state_dict: Mapping[str, torch.Tensor], layout: str, path: Path,
 ) -> Any:
-    if layout == 'midas' and spec.family != 'midas':
-        raise ModelLoadError(
-            f'{path} is an original MiDaS checkpoint, not {name!r}; use midas-dpt-large.')
+    if layout == 'midas':
+        size = 'hybrid' if midas.is_hybrid(state_dict) else 'large'
+        if spec.family != 'midas' or spec.size != size:
+            kind = 'DPT-Hybrid (ResNet-50 + ViT-B/16)' if size == 'hybrid' else 'DPT-Large'
+            raise ModelLoadError(
+                f'{path} is an original MiDaS {kind} checkpoint, not {name!r}; '
+                f'use midas-dpt-{size}.')
     if spec.family == 'midas':
         if layout == 'midas':
             return midas_config(spec.size or '')

@@ -8,9 +8,9 @@ Names (``MODEL_NAMES``):
 - ``dav2-metric-s|b|l``: Depth Anything V2 metric heads, metric depth in metres.
 - ``dpt-hybrid`` / ``dpt-large``: MiDaS v3 DPT from Hugging Face folders (their image
   processor: square input), relative disparity.
-- ``midas-dpt-large``: an original isl-org/MiDaS ``dpt_large_384.pt`` (or a DPT-Large
-  Hugging Face folder) with the official MiDaS preprocessing, relative disparity. The
-  original ``dpt_hybrid_384.pt`` is not converted (its HF folder loads as ``dpt-hybrid``).
+- ``midas-dpt-large`` / ``midas-dpt-hybrid``: an original isl-org/MiDaS
+  ``dpt_large_384.pt`` / ``dpt_hybrid_384.pt`` (or a DPT-Large / DPT-Hybrid Hugging Face
+  folder) with the official MiDaS preprocessing, relative disparity.
 - ``dav1`` / ``dav2`` / ``dav2-metric``: like the sized names, with the ViT size
   read from the checkpoint's tensor shapes (any size, also non-standard ones).
 - ``endodac``: EndoDAC (``depth_model.pth``; adapters merged at load), relative disparity.
@@ -43,7 +43,7 @@ MODEL_NAMES: tuple[str, ...] = (
     'dav2-s', 'dav2-b', 'dav2-l',
     'dav2-metric-s', 'dav2-metric-b', 'dav2-metric-l',
     'dpt-hybrid', 'dpt-large',
-    'midas-dpt-large',
+    'midas-dpt-large', 'midas-dpt-hybrid',
     'dav1', 'dav2', 'dav2-metric',
     'endodac', 'monodepth2', 'af-sfmlearner', 'sc-sfmlearner', 'zoedepth',
     'vda-s', 'vda-b', 'vda-l', 'vda-metric-s', 'vda-metric-b', 'vda-metric-l',
