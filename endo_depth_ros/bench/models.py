@@ -243,7 +243,13 @@ _FAMILY_CHECKPOINTS = {
 def random_family_model(name: str, folder: Path, input_size: int, *,
                         backend: str = 'torch', precision: str = 'fp32') -> DepthModel:
     """``name`` with random weights in its official layout under ``folder``, loaded (CPU)."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = _FAMILY_CHECKPOINTS[name](folder)
+    return _load_family(name, path, input_size, backend, precision)
+
+
+def _load_family(name: str, path: Path, input_size: int, backend: str,
+                 precision: str) -> DepthModel:
     return models.load(name, path, device='cpu', precision=precision, backend=backend,
                        input_size=input_size)
 
@@ -261,9 +267,10 @@ def family_rows(name: str, folder: Path, rgb: np.ndarray,
     import time
 
     height, width = rgb.shape[:2]
-    torch_model = random_family_model(name, folder / name, min(height, width))
-    auto_model = random_family_model(name, folder / name, min(height, width),
-                                     backend='auto', precision='auto')
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    path = _FAMILY_CHECKPOINTS[name](folder / name)  # one set of weights for both rows
+    torch_model = _load_family(name, path, min(height, width), 'torch', 'fp32')
+    auto_model = _load_family(name, path, min(height, width), 'auto', 'auto')
     reference = torch_model.infer(rgb)
     out = auto_model.infer(rgb)  # compiles this size (checked against fp32 if bf16)
     times: dict[str, list[float]] = {'torch': [], 'auto': []}
