@@ -285,3 +285,55 @@ def test_auto_precision_falls_back_to_fp32_where_bf16_exceeds_the_budget(
     assert model.measured_error[(HEIGHT, WIDTH)] > budget
     assert model.precision == 'fp32' and 'over the 1e-04 budget: fp32 instead' in model.selection
     assert rel_l2(out, reference) < BUDGET['fp32']
+
+
+# ------------------------------------------------------------------ other families
+
+
+@needs_bf16
+def test_auto_runs_a_monodepth2_network_in_openvino_checked_per_size(
+        tmp_path: Path) -> None:
+    from endo_depth_ros.models import monodepth2 as md
+
+    torch.manual_seed(0)
+    net = md.SelfSupervisedDepthNet(18, md.VARIANTS['monodepth2']).eval()
+    with torch.no_grad():  # a final layer that spreads the sigmoid: a non-constant map
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last.weight.mul_(20.0)
+    encoder, depth = md.monodepth2_state_dicts(net, 64, 96)
+    torch.save(encoder, tmp_path / 'encoder.pth')
+    torch.save(depth, tmp_path / 'depth.pth')
+    reference = models.load('monodepth2', tmp_path, backend='torch', precision='fp32',
+                            device='cpu').infer(IMAGES)
+    assert reference.std() > 0.01 * np.abs(reference).mean()
+    model = models.load('monodepth2', tmp_path)  # the defaults: backend and precision auto
+    assert (model.backend, model.precision) == ('openvino', 'bf16')  # until checked
+    out = model.infer(IMAGES)
+    error = model.measured_error[(HEIGHT, WIDTH)]  # type: ignore[attr-defined]
+    centred = np.linalg.norm(out - reference) / np.linalg.norm(reference - reference.mean())
+    assert f'centred rel. L2 {error:.1e}' in model.selection
+    if error > auto.ACCURACY_BUDGET:  # bf16 shifts this random network's structure: fp32
+        assert model.precision == 'fp32' and 'fp32 instead' in model.selection
+    assert centred <= auto.ACCURACY_BUDGET
+
+
+def test_auto_keeps_unmeasured_families_in_torch() -> None:
+    assert auto.TORCH_ONLY_FAMILIES == ('zoedepth',)
+    assert all(name in models.MODEL_NAMES for name in auto.TORCH_ONLY_FAMILIES)
+
+
+# ------------------------------------------------------------------ benchmark
+
+
+def test_backend_comparison_reports_best_rounds_against_the_peak_of_the_same_run() -> None:
+    from endo_depth_ros.bench import backends
+
+    peaks = {'fp32': 1.0, 'bf16': 1.0}  # raised to what the rounds measure
+    rows, peaks = backends.compare('dav2-s', [(140, 140)], ['torch'], device='cpu', repeats=2,
+                                   frames=1, build=backends.build_cpu_variant, peaks=peaks)
+    assert peaks['fp32'] > 1.0 and peaks['bf16'] > 1.0
+    (row,) = rows
+    assert float(row['best ms']) <= float(row['ms/frame'])  # type: ignore[arg-type]
+    gflop = float(str(row['GFLOP']).split()[0])
+    roofline = 100 * gflop / peaks['fp32'] * 1e3 / float(row['best ms'])  # type: ignore[arg-type]
+    assert abs(float(str(row['% fp32 roofline'])) - roofline) <= 0.5 + 0.01 * roofline

@@ -15,6 +15,9 @@ from endo_depth_ros.models import endodac
 from endo_depth_ros.models.frame_network import count_parameters
 from endo_depth_ros.models.onnx_runtime import export_onnx
 
+#: Plain torch fp32 (``auto`` would pick OpenVINO/bf16): these tests check the torch network.
+TORCH_FP32: dict[str, str] = {'device': 'cpu', 'backend': 'torch', 'precision': 'fp32'}
+
 TINY: dict[str, Any] = {'hidden_size': 64, 'num_layers': 4, 'num_heads': 2, 'features': 16,
                         'out_channels': (8, 16, 32, 64), 'neck_blocks': (1, 3),
                         'image_size': 98, 'head_hidden_size': 8, 'train_size': (64, 80)}
@@ -59,7 +62,7 @@ def test_official_layout_has_the_authors_key_names(official: dict[str, Any]) -> 
 def test_checkpoint_loads_strictly_with_the_right_shapes(
     checkpoint: Path, official: dict[str, Any], network: endodac.EndoDACNetwork,
 ) -> None:
-    model = models.load('endodac', checkpoint, device='cpu')
+    model = models.load('endodac', checkpoint, **TORCH_FP32)
     assert model.output_kind == 'relative_disparity'
     assert model.network_size(480, 640) == (64, 80)  # the training size, whatever the image
     loaded = model.net.network  # type: ignore[attr-defined]
@@ -90,7 +93,7 @@ class _AdapterLinear(torch.nn.Module):
 def test_merged_network_equals_the_adapter_forward_pass(
     checkpoint: Path, official: dict[str, Any],
 ) -> None:
-    merged = models.load('endodac', checkpoint, device='cpu').net.network  # type: ignore[attr-defined]
+    merged = models.load('endodac', checkpoint, **TORCH_FP32).net.network  # type: ignore[attr-defined]
     unmerged = endodac.build_endodac(**TINY)
     unmerged.load_state_dict(merged.state_dict())
     for i, layer in enumerate(unmerged.depth_anything.backbone.encoder.layer):
@@ -110,7 +113,7 @@ def test_plain_lora_checkpoints_use_one_over_rank(network: endodac.EndoDACNetwor
                                                   tmp_path: Path) -> None:
     path = tmp_path / 'depth_model.pth'
     torch.save(endodac.hf_to_official(network, rank=2, dv=False), path)
-    loaded = models.load('endodac', path, device='cpu').net.network  # type: ignore[attr-defined]
+    loaded = models.load('endodac', path, **TORCH_FP32).net.network  # type: ignore[attr-defined]
     x = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
         assert torch.allclose(loaded(x), network(x), rtol=1e-5, atol=1e-6)
@@ -155,7 +158,7 @@ def test_depth_anything_checkpoint_is_not_endodac(tmp_path: Path) -> None:
 
 
 def test_onnx_export_matches_torch(checkpoint: Path, tmp_path: Path) -> None:
-    model = models.load('endodac', checkpoint, device='cpu')
+    model = models.load('endodac', checkpoint, **TORCH_FP32)
     path = export_onnx(model, tmp_path / 'endodac.onnx', 60, 84)
     exported = models.load('endodac', path, backend='onnxruntime', device='cpu')
     rgb = np.random.default_rng(3).integers(0, 256, (60, 84, 3), np.uint8)

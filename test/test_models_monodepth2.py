@@ -15,6 +15,8 @@ from endo_depth_ros.models import monodepth2 as md
 from endo_depth_ros.models.frame_network import count_parameters, lanczos_matrix
 from endo_depth_ros.models.resnet import ResNetEncoder
 
+#: Plain torch fp32 (``auto`` would pick OpenVINO/bf16): these tests check the torch network.
+TORCH_FP32: dict[str, str] = {'device': 'cpu', 'backend': 'torch', 'precision': 'fp32'}
 #: torchvision's ResNet parameter counts minus the 1000-class ``fc`` layer.
 TORCHVISION_TRUNK_PARAMETERS = {18: 11_689_512 - 513_000, 50: 25_557_032 - 2_049_000}
 
@@ -59,7 +61,7 @@ def test_resnet_trunk_has_torchvision_names_and_sizes(num_layers: int) -> None:
 
 def test_monodepth2_folder_loads_strictly_and_matches_the_network(folder: Path) -> None:
     net = _random_net('monodepth2')
-    model = models.load('monodepth2', folder, device='cpu')
+    model = models.load('monodepth2', folder, **TORCH_FP32)
     assert model.output_kind == 'relative_disparity'
     assert model.network_size(480, 640) == (64, 96)  # the training size stored in encoder.pth
     loaded = model.net.network  # type: ignore[attr-defined]
@@ -74,13 +76,13 @@ def test_monodepth2_folder_loads_strictly_and_matches_the_network(folder: Path) 
 
 
 def test_encoder_file_inside_the_folder_is_accepted(folder: Path) -> None:
-    model = models.load('monodepth2', folder / 'encoder.pth', device='cpu')
+    model = models.load('monodepth2', folder / 'encoder.pth', **TORCH_FP32)
     assert model.network_size(10, 10) == (64, 96)
 
 
 def test_resnet50_is_read_from_the_tensors(tmp_path: Path) -> None:
     net = _random_net('af-sfmlearner', num_layers=50)
-    model = models.load('af-sfmlearner', _write_folder(net, tmp_path / 'r50'), device='cpu')
+    model = models.load('af-sfmlearner', _write_folder(net, tmp_path / 'r50'), **TORCH_FP32)
     loaded = model.net.network  # type: ignore[attr-defined]
     assert loaded.encoder.channels[-1] == 2048
     assert count_parameters(loaded.encoder) == TORCHVISION_TRUNK_PARAMETERS[50]
@@ -103,8 +105,8 @@ def test_sigmoid_maps_to_each_variants_disparity_range(variant: str, low: float,
 
 
 def test_variants_differ_only_in_normalisation_and_range(folder: Path) -> None:
-    mono = models.load('monodepth2', folder, device='cpu')
-    af = models.load('af-sfmlearner', folder, device='cpu')
+    mono = models.load('monodepth2', folder, **TORCH_FP32)
+    af = models.load('af-sfmlearner', folder, **TORCH_FP32)
     assert mono.net.normalise and not af.net.normalise  # type: ignore[attr-defined]
     rgb = np.random.default_rng(1).integers(0, 256, (64, 96, 3), np.uint8)
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
@@ -122,7 +124,7 @@ def test_sc_sfmlearner_checkpoint_loads_strictly(tmp_path: Path) -> None:
     assert 'encoder.encoder.conv1.weight' in checkpoint['state_dict']
     assert 'decoder.decoder.13.conv.weight' in checkpoint['state_dict']
     torch.save(checkpoint, path)
-    model = models.load('sc-sfmlearner', path, device='cpu', input_size=64)
+    model = models.load('sc-sfmlearner', path, **TORCH_FP32, input_size=64)
     assert model.network_size(480, 640) == (64, 96)  # aspect kept, multiples of 32
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
@@ -133,7 +135,7 @@ def test_sc_sfmlearner_checkpoint_loads_strictly(tmp_path: Path) -> None:
 def test_sc_sfmlearner_dataparallel_prefix_is_removed(tmp_path: Path) -> None:
     state = md.sc_sfmlearner_checkpoint(_random_net('sc-sfmlearner'))['state_dict']
     torch.save({'module.' + k: v for k, v in state.items()}, tmp_path / 'dispnet.pth.tar')
-    models.load('sc-sfmlearner', tmp_path / 'dispnet.pth.tar', device='cpu', input_size=64)
+    models.load('sc-sfmlearner', tmp_path / 'dispnet.pth.tar', **TORCH_FP32, input_size=64)
 
 
 def test_folder_without_training_size_is_refused(tmp_path: Path) -> None:
@@ -185,7 +187,7 @@ def test_onnx_export_matches_torch(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / 'md.onnx'
     assert export_main(['monodepth2', '--checkpoint', str(folder), '--height', '50',
                         '--width', '70', '--out', str(out), '--no-verify']) == 0
-    torch_model = models.load('monodepth2', folder, device='cpu')
+    torch_model = models.load('monodepth2', folder, **TORCH_FP32)
     onnx_model = models.load('monodepth2', out, backend='onnxruntime', device='cpu')
     rgb = np.random.default_rng(2).integers(0, 256, (50, 70, 3), np.uint8)
     expected = torch_model.infer(rgb)

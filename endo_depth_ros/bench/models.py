@@ -9,7 +9,9 @@ largest deviation from torch. ``--torch-models`` adds PyTorch rows of further De
 Anything/DPT networks (default: the original MiDaS v3 DPT-Large, ``midas-dpt-large``;
 the other Depth Anything names cost the same as their size's DAv2). ``--families`` adds
 torch rows for the other network families (random weights written in each family's
-official checkpoint layout and read back by ``models.load``): monodepth2 (ResNet-18,
+official checkpoint layout and read back by ``models.load``), each in torch fp32 and
+with ``load()``'s defaults (``auto``: OpenVINO bf16 here, checked per size against fp32),
+timed interleaved: monodepth2 (ResNet-18,
 trained at 256x320, so its network input is 256x320 at every image size), SC-SfMLearner
 (ResNet-18, short side = image short side rounded to 32) and EndoDAC (ViT-B, 256x320
 training size).
@@ -114,9 +116,7 @@ def run(args: argparse.Namespace) -> None:
                 ms = median_ms(partial(model.infer, rgb), repeats=args.repeats, warmup=1)
                 rows.append(_row(model, height, width, ms))
         for family in families:
-            family_model = random_family_model(family, Path(tmp.name), min(height, width))
-            ms = median_ms(partial(family_model.infer, rgb), repeats=args.repeats, warmup=1)
-            rows.append(_row(family_model, height, width, ms))
+            rows.extend(family_rows(family, Path(tmp.name), rgb, args.repeats))
     tmp.cleanup()
     print_table('Depth models on this CPU (ms/frame, median)', rows)
     if not args.skip_networks and not args.skip_video:
@@ -151,11 +151,14 @@ def run_backends(args: argparse.Namespace, device: str) -> None:
     build = backends.build_gpu_variant if device == 'cuda' else backends.build_cpu_variant
     peaks = {p: backends.matmul_throughput(p, device=device)
              for p in (('fp32', 'fp16') if device == 'cuda' else ('fp32', 'bf16'))}
-    title = (f'{args.model} (random weights) per backend, uint8 in -> depth out, median of '
-             f'{args.repeats} interleaved rounds; {backends.describe_machine(peaks, device)}')
+    def title() -> str:  # ``compare`` raises the peaks to the best seen during the rounds
+        return (f'{args.model} (random weights) per backend, uint8 in -> depth out, median '
+                f'and best of {args.repeats} interleaved rounds; '
+                f'{backends.describe_machine(peaks, device)}')
+
     backends.compare(args.model, sizes, variants, device=device, repeats=args.repeats,
                      frames=args.frames, build=build, peaks=peaks,
-                     report=lambda rows: print_table(title, rows))
+                     report=lambda rows: print_table(title(), rows))
     print('\nVariants: ' + '; '.join(f'{v}: {known[v]}' for v in variants if v in known))
 
 
@@ -166,6 +169,7 @@ def _row(model: DepthModel, height: int, width: int, ms: float,
         'model': model.name, 'backend': model.backend, 'precision': model.precision,
         'image (WxH)': f'{width}x{height}', 'network input (WxH)': f'{net_w}x{net_h}',
         'ms/frame': ms, 'frames/s': 1000.0 / ms, 'vs torch': '', 'max rel. diff': '',
+        'rel. L2 (centred)': '', 'best ms': '',
     }
     row.update(extra)
     return row
@@ -236,10 +240,55 @@ _FAMILY_CHECKPOINTS = {
 }
 
 
-def random_family_model(name: str, folder: Path, input_size: int) -> DepthModel:
+def random_family_model(name: str, folder: Path, input_size: int, *,
+                        backend: str = 'torch', precision: str = 'fp32') -> DepthModel:
     """``name`` with random weights in its official layout under ``folder``, loaded (CPU)."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = _FAMILY_CHECKPOINTS[name](folder)
-    return models.load(name, path, device='cpu', precision='fp32', input_size=input_size)
+    return _load_family(name, path, input_size, backend, precision)
+
+
+def _load_family(name: str, path: Path, input_size: int, backend: str,
+                 precision: str) -> DepthModel:
+    return models.load(name, path, device='cpu', precision=precision, backend=backend,
+                       input_size=input_size)
+
+
+def family_rows(name: str, folder: Path, rgb: np.ndarray,
+                repeats: int) -> list[dict[str, object]]:
+    """Torch fp32 and ``load()``'s defaults (``auto``) for one family, timed interleaved.
+
+    The same random weights serve both; ``max rel. diff`` and ``rel. L2 (centred)`` compare
+    the auto output with torch fp32: the centred error divides by the variation of the
+    torch map around its mean, so a random network whose output is nearly constant
+    (sigmoid heads) cannot hide an error behind its offset.
+    """
+    import statistics
+    import time
+
+    height, width = rgb.shape[:2]
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    path = _FAMILY_CHECKPOINTS[name](folder / name)  # one set of weights for both rows
+    torch_model = _load_family(name, path, min(height, width), 'torch', 'fp32')
+    auto_model = _load_family(name, path, min(height, width), 'auto', 'auto')
+    reference = torch_model.infer(rgb)
+    out = auto_model.infer(rgb)  # compiles this size (checked against fp32 if bf16)
+    times: dict[str, list[float]] = {'torch': [], 'auto': []}
+    for _ in range(max(repeats, 3)):
+        for key, model in (('torch', torch_model), ('auto', auto_model)):
+            start = time.perf_counter()
+            model.infer(rgb)
+            times[key].append((time.perf_counter() - start) * 1e3)
+    torch_ms, auto_ms = (statistics.median(times[k]) for k in ('torch', 'auto'))
+    deviation = float(np.abs(out - reference).max() / max(float(np.abs(reference).max()), 1e-12))
+    centred = float(np.linalg.norm(out - reference)
+                    / max(float(np.linalg.norm(reference - reference.mean())), 1e-12))
+    return [
+        _row(torch_model, height, width, torch_ms, **{'vs torch': 1.0}),
+        _row(auto_model, height, width, auto_ms, **{
+            'vs torch': auto_ms / torch_ms, 'max rel. diff': f'{deviation:.1e}',
+            'rel. L2 (centred)': f'{centred:.1e}', 'best ms': min(times['auto'])}),
+    ]
 
 
 def video_model_rows(

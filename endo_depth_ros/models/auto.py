@@ -14,8 +14,13 @@ against fp32, int8 ~1e-2 or more. Hence, for a network checkpoint:
 Only paths whose error stays within ``ACCURACY_BUDGET`` (relative L2 against fp32) are
 candidates: int8 is never chosen automatically. Networks below ``SMALL_NETWORK_PARAMS``
 parameters (test-size networks) stay in torch fp32: converting costs seconds and bf16
-saves nothing at that size. An explicit backend or precision is honoured and refused
-with a reason where the machine cannot run it; ``auto`` never picks an unavailable path.
+saves nothing at that size. With ``precision='auto'`` each camera size compiled in bf16
+is checked once against torch fp32 on a synthetic frame (``OpenVinoDepthModel``
+``budget``) and compiled in fp32 instead when over budget: the rule holds per network
+and size, not only for the network it was measured on (the monodepth2-like families,
+whose sigmoid heads add a constant, are checked relative to the map's variation around
+its mean). An explicit backend or precision is honoured and refused with a reason where
+the machine cannot run it; ``auto`` never picks an unavailable path.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ from endo_depth_ros.models import hardware
 ACCURACY_BUDGET = 1e-2
 #: Networks with fewer parameters run in torch fp32 under ``auto`` (see module doc).
 SMALL_NETWORK_PARAMS = 1_000_000
+#: Families ``auto`` keeps in torch fp32: their OpenVINO/bf16 paths are not measured.
+#: (Depth Anything, DPT/MiDaS, monodepth2, AF-SfMLearner, SC-SfMLearner and EndoDAC
+#: are: ``endo-depth-bench models --backends`` / ``--families``; and every size compiled
+#: in bf16 is checked against torch fp32 on a probe frame, see ``OpenVinoDepthModel``.)
+TORCH_ONLY_FAMILIES = ('zoedepth',)
 #: Relative L2 against fp32 measured per path on DAv2-S (``endo-depth-bench models``).
 MEASURED_ERROR = {'fp32': 1e-6, 'bf16': 5.4e-3, 'fp16': 1e-3, 'int8': 1.2e-2}
 

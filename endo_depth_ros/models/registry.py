@@ -231,11 +231,9 @@ def _load_network(name: str, path: Path, backend: str, device: str, precision: s
     network, output_kind = (load_family_network(name, path, input_size=input_size)
                             if name in FAMILY_MODULES
                             else load_network(name, path, max_depth=max_depth))
-    if name in FAMILY_MODULES and backend == 'auto':
-        # The OpenVINO and bf16 choices were measured on Depth Anything only.
+    if name in auto.TORCH_ONLY_FAMILIES and backend == 'auto':
         plan = Plan('torch', 'fp32' if precision == 'auto' else precision,
-                    f'{name} runs in torch (auto chooses OpenVINO/bf16 for the Depth '
-                    'Anything family only, where their accuracy was measured)')
+                    f'{name} runs in torch (its OpenVINO/bf16 accuracy is not measured)')
     else:
         plan = auto.plan_for_network(network, backend, device, precision)
     on_torch = plan.backend == 'torch'
@@ -254,7 +252,8 @@ def _load_network(name: str, path: Path, backend: str, device: str, precision: s
         # With precision 'auto', bf16 is checked against the accuracy budget per size.
         model = OpenVinoDepthModel.from_torch(
             model, precision=plan.precision,
-            budget=auto.ACCURACY_BUDGET if precision == 'auto' else None)
+            budget=auto.ACCURACY_BUDGET if precision == 'auto' else None,
+            centred=name in FAMILY_MODULES)  # sigmoid heads add a constant (see there)
     return model, plan
 
 def load_family_network(name: str, path: str | Path, *,
