@@ -118,3 +118,29 @@ def test_onnx_export_keeps_the_official_rule(tiny: torch.nn.Module, tmp_path: Pa
     actual = onnx_model.infer(rgb)
     scale = float(np.abs(expected).max())
     assert float(np.abs(actual - expected).max()) / scale < 1e-4
+
+
+class _PositionEmbeddings(torch.nn.Module):
+    """The resize alone, as a graph (input: the pre-training table)."""
+
+    def forward(self, table: torch.Tensor) -> torch.Tensor:
+        return resize_position_embeddings(table, 37, 49)
+
+
+def test_openvino_computes_the_same_embeddings(tmp_path: Path) -> None:
+    # OpenVINO's bicubic Resize given scales samples differently (6 % here): the resize
+    # must reach every runtime as plain matrix products.
+    import onnxruntime as ort
+    import openvino as ov
+
+    table = torch.randn(1, 1 + 37 * 37, 8, generator=torch.Generator().manual_seed(4))
+    path = tmp_path / 'embeddings.onnx'
+    torch.onnx.export(_PositionEmbeddings(), (table,), str(path), dynamo=False)
+    expected = reference_resize(table.numpy(), 37, 49)
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    by_ort = session.run(None, {session.get_inputs()[0].name: table.numpy()})[0]
+    compiled = ov.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+    by_openvino = compiled(table.numpy())[0]
+    for out in (by_ort, by_openvino):
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, atol=2e-5)

@@ -13,8 +13,9 @@ they are when the input is square and has the pre-training number of patches.
 
 ``use_official_position_embeddings`` switches a transformers network to the official
 rule. Only a method changes (no parameter, no buffer), so state dicts and
-``save_pretrained`` folders are unaffected, and the rule uses only Python numbers
-derived from the input size, so traced/exported graphs bake the same scale factors in.
+``save_pretrained`` folders are unaffected. The resize is written as two matrix products
+built from the input size (not as a Resize operator), so every runtime an exported graph
+goes to (onnxruntime, OpenVINO, TensorRT) computes the same embeddings.
 """
 
 from __future__ import annotations
@@ -43,16 +44,41 @@ def resize_position_embeddings(
         itself runs in float32).
     """
     num_positions = position_embeddings.shape[1] - 1
-    side = math.sqrt(num_positions)
+    side = int(math.sqrt(num_positions))
     dim = position_embeddings.shape[-1]
-    patch = position_embeddings[:, 1:].float().reshape(1, int(side), int(side), dim)
-    scale = ((grid_height + INTERPOLATE_OFFSET) / side, (grid_width + INTERPOLATE_OFFSET) / side)
-    patch = nn.functional.interpolate(
-        patch.permute(0, 3, 1, 2), scale_factor=scale, mode='bicubic', align_corners=False,
-        antialias=False)
-    patch = patch.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
+    patch = position_embeddings[:, 1:].float().reshape(side, side, dim)
+    rows = bicubic_matrix(side, grid_height, (grid_height + INTERPOLATE_OFFSET) / side)
+    cols = bicubic_matrix(side, grid_width, (grid_width + INTERPOLATE_OFFSET) / side)
+    # out[i, j] = sum_k,l rows[i, k] * cols[j, l] * patch[k, l]: two matrix products.
+    patch = torch.einsum('ik,kld,jl->ijd', rows, patch, cols)
+    patch = patch.reshape(1, grid_height * grid_width, dim)
     out = torch.cat((position_embeddings[:, :1].float(), patch), dim=1)
     return out.to(position_embeddings.dtype)
+
+
+def bicubic_matrix(in_size: int, out_size: int, scale: float) -> torch.Tensor:
+    """``(out_size, in_size)`` weights of torch's bicubic resize along one axis.
+
+    The same sampling as ``interpolate(mode='bicubic', align_corners=False,
+    antialias=False, scale_factor=scale)``: half-pixel centres stepped by ``1 / scale``,
+    Keys' cubic kernel with a = -0.75, neighbours clamped to the border. Written as a
+    matrix because runtimes disagree on a Resize given scales (OpenVINO's bicubic
+    samples by the ratio of the sizes: 6 % off here), while a matrix product is exact
+    everywhere, and traced graphs keep it for any input size.
+    """
+    a = -0.75
+    source = (torch.arange(out_size, dtype=torch.float32) + 0.5) / scale - 0.5
+    base = torch.floor(source)
+    t = (source - base)[:, None]
+    offsets = torch.tensor([-1.0, 0.0, 1.0, 2.0])
+    distance = (t - offsets).abs()  # (out, 4): distance to each of the 4 neighbours
+    near = ((a + 2) * distance - (a + 3)) * distance * distance + 1
+    far = ((a * distance - 5 * a) * distance + 8 * a) * distance - 4 * a
+    weights = torch.where(distance <= 1, near, far)
+    neighbours = (base[:, None] + offsets).clamp(0, in_size - 1)
+    positions = torch.arange(in_size, dtype=torch.float32)
+    # Sum the weights of neighbours that land on the same (clamped) input position.
+    return (weights[:, :, None] * (neighbours[:, :, None] == positions)).sum(dim=1)
 
 
 def _official_interpolate_pos_encoding(
