@@ -155,7 +155,7 @@ def _global_affine_error(truth: np.ndarray, result: np.ndarray) -> float:
     ('reference_depth_m', 0.0),
     ('reference_depth_m', math.inf),
     ('max_fallbacks', 0),
-    ('stable_gain', 0.0),
+    ('stable_gain', -0.1),
     ('unposed_gain', 1.5),
     ('anchor_pull', 1.0),
     ('flicker_threshold', -0.1),
