@@ -62,15 +62,15 @@ class AlignmentConfig:
             (0: off; output only, only for frames with a pose, see ``fusion.py``).
         blend_tolerance: relative disparity difference above which a pixel keeps its new
             value (occlusions, instruments, misregistration).
-        hold_shift: stable models: keep the first frame's shift and follow the scale only.
+        hold_shift: stable models with a gain: keep the first frame's shift and follow
+            the scale only.
         stable_gain: stable models: fraction of a fit's change of the aligned median
             and spread that is applied (0, the default: none, the model keeps its own
             scale; 1: follow every fit; see ``policy.py`` for the measurements).
         unposed_gain: the same when the references were not reprojected with poses
             (direct fits mistake the camera's motion for a change of scale).
-        anchor_pull: stable models: per-frame pull of the parameters back towards the
-            first frame's (0: none; undoes the fits followed before the model was
-            classified, and bounds the drift of chained fits when a gain is set).
+        anchor_pull: stable models with a gain: per-frame pull of the parameters back
+            towards the first frame's (0: none; bounds the drift of chained fits).
         flicker_threshold: root mean square change per frame (relative, of the aligned
             median and spread) of the fitted parameters above which the model counts as
             flickering and every fit is followed exactly.
