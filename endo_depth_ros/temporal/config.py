@@ -71,9 +71,9 @@ class AlignmentConfig:
             (direct fits mistake the camera's motion for a change of scale).
         anchor_pull: stable models with a gain: per-frame pull of the parameters back
             towards the first frame's (0: none; bounds the drift of chained fits).
-        flicker_threshold: root mean square change per frame (relative, of the aligned
-            median and spread) of the fitted parameters above which the model counts as
-            flickering and every fit is followed exactly.
+        flicker_threshold: change per frame of the fitted parameters (relative, root
+            mean square over the aligned median and spread; median of the last fits)
+            above which the model counts as flickering and every fit is followed exactly.
         max_fallbacks: consecutive fallbacks after which the buffer re-anchors on the
             next usable frame.
         scale_source: metric conversion: 'fixed' (first frame's median depth is

@@ -1,9 +1,10 @@
 """Parameter prior: whether a frame follows its fit or keeps the model's own scale.
 
 Each fit is read as a change of the aligned median and spread (log scale) from the frame
-it chains from; the running mean square of those changes tells a **flickering** model (a
+it chains from; the size of those changes tells a **flickering** model (a
 per-frame network: changes of tens of percent) from a **stable** one (the photometric
-prior, metric and video models), from the first fit on (``flicker_threshold``).
+prior, metric and video models), from the first fit on: the median change of the last
+``CHANGE_WINDOW`` fits against ``flicker_threshold``.
 
 - Flickering: every fit is followed exactly, so each frame's affine map is undone.
 - Stable: the parameters stay the first frame's (``stable_gain`` 0, the default). For
@@ -30,8 +31,11 @@ import numpy as np
 
 from endo_depth_ros.temporal.config import AlignmentConfig
 
-#: Weight of each new change in the running mean square of the changes.
-CHANGE_MEMORY = 0.1
+#: Recent fits whose median change decides flickering or stable. A median, so that a
+#: few outlier fits (frames without a pose mistake the camera's motion for a change of
+#: scale) never flip a stable model: a running mean square did, on a 120-frame flight in
+#: window mode, and the flip held itself (flickering stops the pose warps).
+CHANGE_WINDOW = 9
 
 
 class ParameterPrior:
@@ -41,7 +45,7 @@ class ParameterPrior:
         self.config = config
         #: The first good frame's (scale, shift), the anchor of the pull-back.
         self.anchor: tuple[float, float] | None = None
-        self._change_ms = math.inf  # running mean square of the fits' changes
+        self._recent = np.zeros(CHANGE_WINDOW)  # squared changes of the recent fits
         self._changes = 0  # changes measured so far
 
     def set_anchor_once(self, scale: float, shift: float) -> None:
@@ -52,7 +56,10 @@ class ParameterPrior:
     @property
     def flickering(self) -> bool:
         """Whether the fits measured so far change more than ``flicker_threshold``."""
-        return self._changes > 0 and self._change_ms > self.config.flicker_threshold ** 2
+        if self._changes == 0:
+            return False
+        recent = self._recent[:min(self._changes, CHANGE_WINDOW)]
+        return float(np.median(recent)) > self.config.flicker_threshold ** 2
 
     @property
     def holds_parameters(self) -> bool:
@@ -99,10 +106,9 @@ class ParameterPrior:
         change = float(np.mean((new - old) ** 2))
         if not math.isfinite(change):
             return fitted
+        self._recent[self._changes % CHANGE_WINDOW] = change
         self._changes += 1
-        self._change_ms = (change if self._changes == 1 else
-                           (1 - CHANGE_MEMORY) * self._change_ms + CHANGE_MEMORY * change)
-        if self._change_ms > cfg.flicker_threshold ** 2:
+        if self.flickering:
             return fitted  # a flickering model: follow every fit exactly
         step = old + (cfg.stable_gain if posed else cfg.unposed_gain) * (new - old)
         if self.anchor is not None and cfg.anchor_pull > 0:
