@@ -12,14 +12,14 @@ prior, metric and video models), from the first fit on: the median change of the
   tracked on the aligned depth itself, a model not exactly affine in the truth), and
   chained fits integrate them into a drift of the scale that ``none`` does not have.
 
-Measured against the truth (``endo-depth-bench consistency --variants``, 120-frame flights,
-mean depth-ratio error over gaps 1-20 relative to ``none``; see the README): following
-every fit of a stable model (``flicker_threshold`` 0) is 1.1-2.7x worse for the
+Measured against the truth (``endo-depth-bench consistency --variants``, 120-frame
+flights, mean depth-ratio error over gaps 1-20 relative to ``none``; see the README):
+following every fit of a stable model (``flicker_threshold`` 0) gave 0.5-2.7x for the
 photometric prior and 370-2200x for a metric model; the previous damped stack (gain 0.3,
 0.05 without poses, pull-back 0.02 per frame, held shift, decided after 10 fits) still
-drifted a metric model's scale to 1.19 and a stable relative model's to 1.06 where
-``none`` stays at 1.00. Holding the parameters (decided from the first fit) leaves those
-models as ``none`` does, plus the pose-warped output fusion. ``stable_gain``,
+drifted a metric model's scale to 1.19 and a stable relative model's to 1.06 (1.14 in
+window mode) where ``none`` stays at 1.00. Holding the parameters leaves those models
+as ``none`` does, plus the pose-warped output fusion. ``stable_gain``,
 ``unposed_gain``, ``anchor_pull`` and ``hold_shift`` only act when a gain is set.
 """
 
