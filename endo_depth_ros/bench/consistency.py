@@ -28,7 +28,9 @@ from endo_depth_ros.bench import parse_sizes, print_table
 from endo_depth_ros.bench.align import FlickeringModel
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.models.base import DepthModel
+from endo_depth_ros.pipeline import PipelineConfig
 from endo_depth_ros.synth import CameraEffects, SynthConfig, render_sequence
+from endo_depth_ros.temporal import AlignmentConfig
 
 #: Sequences: name -> the config changes from ``SynthConfig()`` (size and frames aside).
 SEQUENCES: dict[str, dict[str, object]] = {
@@ -38,9 +40,23 @@ SEQUENCES: dict[str, dict[str, object]] = {
     'nuisance-s5': {'seed': 5, 'camera': CameraEffects.endoscope(), 'instrument': True},
     'slow-s3': {'seed': 3, 'speed_mm': 0.3, 'roll_deg': 10.0, 'tilt_deg': 3.0,
                 'camera': CameraEffects.endoscope()},
+    'nuisance-s7': {'seed': 7, 'camera': CameraEffects.endoscope()},
+    'slow-s8': {'seed': 8, 'speed_mm': 0.3, 'roll_deg': 10.0, 'tilt_deg': 3.0,
+                'camera': CameraEffects.endoscope()},
 }
 MODELS = ('photometric', 'gt', 'stable', 'flicker')
 GAPS = (1, 5, 10, 20)
+#: Ablation of the alignment's parameter prior and references: name -> the
+#: ``AlignmentConfig`` changes from the defaults (``--variants``; ``none`` runs once).
+VARIANTS: dict[str, dict[str, object]] = {
+    'default': {},
+    'follow-every-fit': {'flicker_threshold': 0.0},
+    'gain-0.3': {'stable_gain': 0.3, 'unposed_gain': 0.05},  # the prior until 2026-11
+    'gain-1': {'stable_gain': 1.0, 'unposed_gain': 1.0},
+    'no-keyframes': {'keyframes': 0},
+    'no-reproject': {'reproject': 'never'},
+    'no-fusion': {'blend': 0.0},
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='comma-separated models (default: %(default)s)')
     parser.add_argument('--modes', default='none,stream,window',
                         help='comma-separated alignment modes (default: %(default)s)')
+    parser.add_argument('--variants', default='default',
+                        help='comma-separated alignment variants, an ablation of the '
+                             'parameter prior (default: %(default)s): ' + ', '.join(VARIANTS))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -65,34 +84,52 @@ def run(args: argparse.Namespace) -> None:
     names = _names(args.sequences, tuple(SEQUENCES), 'sequence')
     model_names = _names(args.models, MODELS, 'model')
     modes = _names(args.modes, evaluation.ALIGN_MODES, 'mode')
+    variants = _names(args.variants, tuple(VARIANTS), 'variant')
     rows, summary = [], []
+    runs: list[list[evaluation.RunResult]] = []
     with tempfile.TemporaryDirectory(prefix='endo-consistency-') as tmp:
         for name in names:
             config = replace(SynthConfig(width=width, height=height, frames=args.frames),
                              **SEQUENCES[name])  # type: ignore[arg-type]
             path = Path(tmp) / name
             bags.write_sequence(path, render_sequence(config))
-            for results in (sequence_results(path, model, modes) for model in model_names):
+            for model in model_names:
+                results = sequence_results(path, model, modes, variants)
                 rows += [_row(name, r) for r in results]
                 summary.append(_summary_row(name, results))
+                runs.append(results)
     print_table(f'Temporal consistency against the truth ({width}x{height}, {args.frames} '
                 'frames; ratio errors are median |log ratio|, drift as ratios)', rows)
     print_table('Mean ratio error (gaps 1-20) and worst scale drift, relative to none '
                 '(< 1: alignment helps)', summary)
+    print_table('Over all sequences, per model and mode: range of the ratio error / none, '
+                'worst drift excess, sequences with no harm (see no_harm)', verdict_rows(runs))
 
 
 def sequence_results(path: Path, model_name: str, modes: tuple[str, ...],
+                     variants: tuple[str, ...] = ('default',),
                      ) -> list[evaluation.RunResult]:
-    """Evaluate one bag with one model in every mode (a fresh model per run)."""
+    """Evaluate one bag with one model in every mode and variant (a fresh model per run).
+
+    ``none`` runs once (no variant changes a passthrough); the other modes are labelled
+    ``mode [variant]`` unless the variant is ``default``.
+    """
     topics = bags.detect_topics(path)
-    config = evaluation.EvalConfig(align_modes=modes, max_depth=0.3, contact_frames=0)
     out = []
-    for mode in modes:
-        model = make_model(model_name)
-        spec = evaluation.ModelSpec(evaluation.ORACLE if model_name == 'gt' else model_name)
-        result = evaluation.evaluate_run(path, topics, spec, model, mode, config)
-        result.model = model_name
-        out.append(result)
+    for variant in variants:
+        alignment = replace(AlignmentConfig(), **VARIANTS[variant])  # type: ignore[arg-type]
+        config = evaluation.EvalConfig(align_modes=modes, max_depth=0.3, contact_frames=0,
+                                       pipeline=PipelineConfig(alignment=alignment))
+        for mode in modes:
+            if mode == 'none' and variant != variants[0]:
+                continue
+            model = make_model(model_name)
+            spec = evaluation.ModelSpec(evaluation.ORACLE if model_name == 'gt' else model_name)
+            result = evaluation.evaluate_run(path, topics, spec, model, mode, config)
+            result.model = model_name
+            if mode != 'none' and variant != 'default':
+                result.align = f'{mode} [{variant}]'
+            out.append(result)
     return out
 
 
@@ -130,16 +167,57 @@ def _row(name: str, r: evaluation.RunResult) -> dict[str, object]:
 def _summary_row(name: str, results: list[evaluation.RunResult]) -> dict[str, object]:
     base = next((r for r in results if r.align == 'none'), results[0])
     row: dict[str, object] = {'sequence': name, 'model': results[0].model}
-    none_ratio = mean_ratio_error(base)
-    none_drift = _num(base.summary.get('scale_drift_max'))
     for r in results:
         if r is base:
             continue
-        row[f'ratio err {r.align}/none'] = mean_ratio_error(r) / none_ratio
-        drift = _num(r.summary.get('scale_drift_max'))
-        # Drift as excess over 1 (a ratio of 1 is no drift at all).
-        row[f'drift-1 {r.align}/none'] = (drift - 1) / max(none_drift - 1, 1e-9)
+        ratio, drift = relative_to_none(r, base)
+        row[f'ratio err {r.align}/none'] = ratio
+        row[f'drift-1 {r.align}/none'] = drift
     return row
+
+
+def verdict_rows(runs: list[list[evaluation.RunResult]]) -> list[dict[str, object]]:
+    """One row per (model, mode): ratio-error ratios to none over every sequence, the
+    worst drift excess over none's, and on how many sequences ``no_harm`` holds."""
+    grouped: dict[tuple[str, str], list[tuple[evaluation.RunResult, evaluation.RunResult]]] = {}
+    for results in runs:
+        base = next((r for r in results if r.align == 'none'), None)
+        if base is None:
+            continue
+        for r in results:
+            if r is not base:
+                grouped.setdefault((r.model, r.align), []).append((r, base))
+    rows: list[dict[str, object]] = []
+    for (model, align), pairs in grouped.items():
+        ratios = [relative_to_none(r, b)[0] for r, b in pairs]
+        excess = [_num(r.summary.get('scale_drift_max')) - _num(b.summary.get('scale_drift_max'))
+                  for r, b in pairs]
+        rows.append({'model': model, 'mode': align,
+                     'ratio err/none min': min(ratios), 'ratio err/none max': max(ratios),
+                     'drift max - none worst': max(excess),
+                     'no harm': f'{sum(no_harm(r, b) for r, b in pairs)}/{len(pairs)}'})
+    return rows
+
+
+def relative_to_none(run: evaluation.RunResult, none: evaluation.RunResult,
+                     ) -> tuple[float, float]:
+    """(mean ratio error / none's, (drift max - 1) / (none's drift max - 1))."""
+    drift, none_drift = (_num(r.summary.get('scale_drift_max')) for r in (run, none))
+    # Drift as excess over 1 (a ratio of 1 is no drift at all).
+    return (mean_ratio_error(run) / mean_ratio_error(none),
+            (drift - 1) / max(none_drift - 1, 1e-9))
+
+
+def no_harm(run: evaluation.RunResult, none: evaluation.RunResult) -> bool:
+    """Whether ``run`` is no worse than ``none`` against the truth, within noise.
+
+    Noise: 5 % of none's value, or 0.002 of |log ratio| (0.2 %, below what sparse SfM
+    or stereo ground truth resolves) for the ratio error and 0.02 for the scale drift.
+    """
+    ratio, none_ratio = mean_ratio_error(run), mean_ratio_error(none)
+    drift, none_drift = (_num(r.summary.get('scale_drift_max')) - 1 for r in (run, none))
+    return (ratio <= max(1.05 * none_ratio, none_ratio + 0.002)
+            and drift <= max(1.05 * none_drift, none_drift + 0.02))
 
 
 def _num(value: object) -> float:

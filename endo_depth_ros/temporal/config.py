@@ -62,16 +62,18 @@ class AlignmentConfig:
             (0: off; output only, only for frames with a pose, see ``fusion.py``).
         blend_tolerance: relative disparity difference above which a pixel keeps its new
             value (occlusions, instruments, misregistration).
-        hold_shift: stable models: keep the first frame's shift and follow the scale only.
+        hold_shift: stable models with a gain: keep the first frame's shift and follow
+            the scale only.
         stable_gain: stable models: fraction of a fit's change of the aligned median
-            and spread that is applied (1: follow every fit; see ``policy.py``).
+            and spread that is applied (0, the default: none, the model keeps its own
+            scale; 1: follow every fit; see ``policy.py`` for the measurements).
         unposed_gain: the same when the references were not reprojected with poses
             (direct fits mistake the camera's motion for a change of scale).
-        anchor_pull: stable models: per-frame pull of the parameters back towards the
-            first frame's (0: none; bounds the drift of chained fits).
-        flicker_threshold: root mean square change per frame (relative, of the aligned
-            median and spread) of the fitted parameters above which the model counts as
-            flickering and every fit is followed exactly.
+        anchor_pull: stable models with a gain: per-frame pull of the parameters back
+            towards the first frame's (0: none; bounds the drift of chained fits).
+        flicker_threshold: change per frame of the fitted parameters (relative, root
+            mean square over the aligned median and spread; median of the last fits)
+            above which the model counts as flickering and every fit is followed exactly.
         max_fallbacks: consecutive fallbacks after which the buffer re-anchors on the
             next usable frame.
         scale_source: metric conversion: 'fixed' (first frame's median depth is
@@ -100,8 +102,8 @@ class AlignmentConfig:
     blend: float = 0.7
     blend_tolerance: float = 0.2
     hold_shift: bool = True
-    stable_gain: float = 0.3
-    unposed_gain: float = 0.05
+    stable_gain: float = 0.0
+    unposed_gain: float = 0.0
     anchor_pull: float = 0.02
     flicker_threshold: float = 0.1
     max_fallbacks: int = 15
@@ -131,8 +133,8 @@ class AlignmentConfig:
         check_number('blend', self.blend, 0.0, 1.0, high_open=True)
         check_number('blend_tolerance', self.blend_tolerance, 0.0, math.inf, low_open=True,
                 high_open=True)
-        check_number('stable_gain', self.stable_gain, 0.0, 1.0, low_open=True)
-        check_number('unposed_gain', self.unposed_gain, 0.0, 1.0, low_open=True)
+        check_number('stable_gain', self.stable_gain, 0.0, 1.0)
+        check_number('unposed_gain', self.unposed_gain, 0.0, 1.0)
         check_number('anchor_pull', self.anchor_pull, 0.0, 1.0, high_open=True)
         check_number('flicker_threshold', self.flicker_threshold, 0.0, math.inf,
                 high_open=True)

@@ -126,10 +126,11 @@ class WindowMode(AlignerCore):
                 last, last_params = j, params
 
         # 2. One scale and shift for the window: overlapped frames vs their earlier result.
+        #    A stable model keeps its own scale (see ``policy.py``): no window fit either.
         s_w, t_w = 1.0, 0.0
         pairs = [p for p in range(overlap_start, min(prior_end, end))
                  if self._win_good[p - start] and ring.good[p % cap]]
-        if pairs:
+        if pairs and not self._prior.holds_parameters:
             fit = fit_scale_shift(
                 np.stack([self._win_grid[p - start] for p in pairs]),
                 np.stack([ring.grid_aligned[p % cap] for p in pairs]),
