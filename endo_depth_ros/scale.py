@@ -64,7 +64,7 @@ ODOMETRY_SOURCES = ('visual', 'kinematics')
 #: Kinematic samples kept for interpolation (about 5 s at 100 Hz).
 KINEMATICS_HISTORY = 512
 #: Fraction of ``kinematics_smoothing_s`` the samples of a velocity fit must cover.
-KINEMATICS_MIN_SPAN = 0.5
+KINEMATICS_MIN_SPAN = 0.15
 #: Largest gap (s) across which kinematic poses are interpolated or held.
 KINEMATICS_MAX_GAP_S = 0.25
 #: Grey levels: below is the black outside the field of view, above is a highlight.
