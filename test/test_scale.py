@@ -85,13 +85,20 @@ def test_stereo_pipeline_is_metric_and_depth_cloud_and_pose_share_the_scale() ->
     assert errors is not None and errors['abs_rel'] < 0.5
     assert np.nanmedian(out.depth / frame.depth) == pytest.approx(1.0, abs=0.08)
     factor = pipeline.scale.stats.scale
-    np.testing.assert_allclose(out.depth, ref.depth * np.float32(factor), rtol=1e-5)
+    # One factor on the whole aligned depth (the alignments differ slightly: odometry's
+    # keyframe points come from stereo, and the aligner reprojects with its poses).
+    ratio = out.depth / ref.depth
+    assert np.nanmedian(ratio) == pytest.approx(factor, rel=0.02)
+    assert np.nanpercentile(ratio, 90) / np.nanpercentile(ratio, 10) < 1.03
     assert out.points is not None
     assert np.nanmedian(out.points.reshape(-1, 3)[:, 2]) == pytest.approx(
         np.nanmedian(out.depth), rel=0.02)
-    assert out.pose is not None and ref.pose is not None
-    np.testing.assert_allclose(out.pose.pose[:3, 3], ref.pose.pose[:3, 3] * factor, rtol=0.05,
-                               atol=1e-5)
+    # The pose is metric: the camera's displacement since the first frame, in metres
+    # (the fixed policy's is twice too short here; over a long flight see the bench).
+    assert out.pose is not None and out.pose.valid
+    moved = (np.linalg.inv(flight()[0].pose) @ frame.pose)[:3, 3]
+    assert np.linalg.norm(out.pose.pose[:3, 3]) == pytest.approx(np.linalg.norm(moved),
+                                                                 rel=0.1)
     assert 'scale' in out.timings_ms
 
 
@@ -166,9 +173,9 @@ def test_motion_stereo_measures_the_scale_from_the_baseline_length() -> None:
     affine = inverse + 5.0  # the true inverse depth is 2.5 * (affine - 5)
     shifted = MotionStereo(trim_fraction=0.2, with_shift=True).fit(
         grey, _grey(earlier), usable_pixels(grey, 2.0), affine, later.intrinsics, T)
-    assert shifted is not None
-    assert (shifted.k, shifted.beta) == (pytest.approx(2.5, rel=0.05),
-                                         pytest.approx(-12.5, rel=0.1))
+    assert shifted is not None and shifted.beta < 0
+    metric_inverse = shifted.k * affine + shifted.beta
+    assert np.nanmedian(metric_inverse * later.depth) == pytest.approx(1.0, abs=0.03)
 
 
 def test_motion_stereo_refuses_a_view_without_texture() -> None:
@@ -200,8 +207,7 @@ def test_kinematic_velocity_is_a_line_fit_over_the_span() -> None:
 
 def test_kinematic_scale_is_measured_on_the_published_depth_once_the_robot_moved() -> None:
     frames = flight()
-    config = ScaleConfig(source='kinematics', kinematics_smoothing_s=0.15,
-                         kinematics_time_offset_s=0.03)
+    config = ScaleConfig(source='kinematics', kinematics_time_offset_s=0.03)
     scale = MetricScale(config)
     measured = []
     for frame in frames:
@@ -212,10 +218,12 @@ def test_kinematic_scale_is_measured_on_the_published_depth_once_the_robot_moved
                                 None)
         if scale.stats.measured:
             measured.append(float(np.nanmedian(metric / frame.depth)))
-    # Before the track covers half the smoothing span there is no measurement.
+    # No measurement before the track covers a sixth of the smoothing span; the first
+    # ones rest on a few noisy samples (0.2 mm here), later ones on more.
     assert scale.stats.reasons[NOT_ENOUGH_MOTION] >= 2
-    assert len(measured) >= 3
-    assert measured == [pytest.approx(1.0, abs=0.05)] * len(measured)
+    assert len(measured) >= 5
+    assert measured[0] == pytest.approx(1.0, abs=0.12)
+    assert measured[-4:] == [pytest.approx(1.0, abs=0.05)] * 4
     assert scale.stats.baseline_m >= config.kinematics_min_motion_m
 
 
