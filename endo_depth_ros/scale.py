@@ -124,7 +124,7 @@ class ScaleConfig:
     stereo_min_texture: float = 2.0
     stereo_min_coverage: float = 0.05
     stereo_trim_fraction: float = 0.2
-    kinematics_width: int = 160
+    kinematics_width: int = 240
     kinematics_min_motion_m: float = 0.002
     kinematics_max_lag: int = 10
     kinematics_smoothing_s: float = 0.6
