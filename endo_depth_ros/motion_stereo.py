@@ -44,6 +44,8 @@ MAX_ROTATION_CHANGE_DEG = 5.0
 MAX_DIRECTION_CHANGE_DEG = 30.0
 #: Forward-backward flow disagreement (pixels at the matching size) of a usable match.
 MAX_FLOW_ERROR_PX = 0.5
+#: Narrowest pyramid level (pixels) the flow is refined down to.
+FINEST_FLOW_WIDTH = 120
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,11 @@ class MotionStereo:
     def __init__(self, trim_fraction: float, with_shift: bool) -> None:
         self.trim_fraction = trim_fraction
         self.with_shift = with_shift
-        # DIS "fast" refined down to half the matching size (finest scale 1; the preset
-        # stops at a quarter): a coarse flow is smooth and under-estimates parallax, and
-        # so the scale (at 160 px: 1.6 % at a quarter, 0.6 % at full size; at 240 px and
-        # half size 0.55 % for half the cost of 160 px at full size).
+        # DIS "fast", refined down to a flow at least FINEST_FLOW_WIDTH wide (the preset
+        # stops at a quarter of the size): a coarse flow is smooth and under-estimates
+        # parallax, and so the scale (at 160 px: 1.6 % at a quarter, 0.6 % at full size;
+        # 240 px at half size: 0.55 % for half the cost of 160 px at full size).
         self._flow = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        self._flow.setFinestScale(1)
 
     def fit(self, grey_t: np.ndarray, grey_s: np.ndarray, usable: np.ndarray,
             inverse_depth: np.ndarray, intrinsics: Intrinsics, T_s_t: np.ndarray
@@ -99,13 +100,14 @@ class MotionStereo:
         Returns:
             The fit, or None (too few matches, a degenerate or implausible solution).
         """
-        forward = self._flow.calc(grey_t, grey_s, None)
         h, w = grey_t.shape
+        self._flow.setFinestScale(1 if w >= 2 * FINEST_FLOW_WIDTH else 0)
+        forward = np.asarray(self._flow.calc(grey_t, grey_s, np.zeros((h, w, 2), np.float32)))
         u, v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         mu, mv = u + forward[..., 0], v + forward[..., 1]
         # Forward-backward check: occlusions, glints and the moving instrument do not
         # come back to where they started (without it the fit is 2-5 % worse).
-        backward = self._flow.calc(grey_s, grey_t, None)
+        backward = np.asarray(self._flow.calc(grey_s, grey_t, np.zeros((h, w, 2), np.float32)))
         back = cv2.remap(backward, mu, mv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                          borderValue=(math.nan, math.nan))
         error = np.hypot(forward[..., 0] + back[..., 0], forward[..., 1] + back[..., 1])

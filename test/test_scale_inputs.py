@@ -13,17 +13,17 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from geometry_msgs.msg import TransformStamped  # noqa: E402
-from rclpy.time import Time  # noqa: E402
+from geometry_msgs.msg import TransformStamped
+from rclpy.time import Time
 
-from endo_depth_ros.ros import conversions  # noqa: E402
-from endo_depth_ros.ros.scale_inputs import TfKinematics  # noqa: E402
-from endo_depth_ros.scale import KinematicTrack  # noqa: E402
+from endo_depth_ros.ros import conversions
+from endo_depth_ros.ros.scale_inputs import TfKinematics
+from endo_depth_ros.scale import KinematicTrack
 
 BASE, CAMERA = 'base', 'camera'
 
 
-class NotYet(Exception):
+class NotYetError(Exception):
     """Stands in for tf2's TransformException."""
 
 
@@ -42,13 +42,13 @@ class StampedBuffer:
                          time: Time) -> TransformStamped:
         self.lookups.append((target_frame, source_frame, time.nanoseconds))
         if (target_frame, source_frame) != (BASE, CAMERA):
-            raise NotYet(f'{target_frame} -> {source_frame} are not connected')
+            raise NotYetError(f'{target_frame} -> {source_frame} are not connected')
         if not self.transforms:
-            raise NotYet('no transform yet')
+            raise NotYetError('no transform yet')
         if time.nanoseconds == 0:
             return self.transforms[max(self.transforms)]
         if time.nanoseconds not in self.transforms:
-            raise NotYet(f'extrapolation to {time.nanoseconds}')
+            raise NotYetError(f'extrapolation to {time.nanoseconds}')
         return self.transforms[time.nanoseconds]
 
 
@@ -60,7 +60,7 @@ def _pose(z: float) -> np.ndarray:
 
 def test_tf_sample_is_the_transform_at_the_image_stamp_plus_the_offset() -> None:
     buffer = StampedBuffer()
-    tf = TfKinematics(buffer, BASE, CAMERA, offset_s=0.01, not_yet=(NotYet,))
+    tf = TfKinematics(buffer, BASE, CAMERA, offset_s=0.01, not_yet=(NotYetError,))
     assert tf.sample(1_000_000_000) is None and tf.misses == 1  # nothing published yet
     for i in range(5):
         buffer.add(1_010_000_000 + i * 33_000_000, _pose(0.001 * i))
@@ -74,7 +74,7 @@ def test_tf_sample_is_the_transform_at_the_image_stamp_plus_the_offset() -> None
 
 def test_tf_sample_falls_back_to_the_newest_transform_and_only_moves_forward() -> None:
     buffer = StampedBuffer()
-    tf = TfKinematics(buffer, BASE, CAMERA, offset_s=0.03, not_yet=(NotYet,))
+    tf = TfKinematics(buffer, BASE, CAMERA, offset_s=0.03, not_yet=(NotYetError,))
     track = KinematicTrack()
     buffer.add(100_000_000, _pose(0.0))
     # The robot's latency: the pose of the image's instant is not in the buffer yet.
@@ -93,7 +93,7 @@ def test_tf_sample_falls_back_to_the_newest_transform_and_only_moves_forward() -
 def test_tf_static_transform_describes_every_instant() -> None:
     buffer = StampedBuffer()
     buffer.add(0, _pose(0.05))
-    tf = TfKinematics(buffer, BASE, CAMERA, offset_s=0.0, not_yet=(NotYet,))
+    tf = TfKinematics(buffer, BASE, CAMERA, offset_s=0.0, not_yet=(NotYetError,))
     first, second = tf.sample(5_000), tf.sample(9_000)
     assert first is not None and second is not None
     assert (first[0], second[0]) == (5_000, 9_000)
@@ -102,9 +102,9 @@ def test_tf_static_transform_describes_every_instant() -> None:
 def test_tf_unconnected_frames_are_misses_and_other_errors_propagate() -> None:
     buffer = StampedBuffer()
     buffer.add(10, _pose(0.0))
-    unconnected = TfKinematics(buffer, 'world', CAMERA, offset_s=0.0, not_yet=(NotYet,))
+    unconnected = TfKinematics(buffer, 'world', CAMERA, offset_s=0.0, not_yet=(NotYetError,))
     assert unconnected.sample(10) is None and unconnected.misses == 1
     # Only the buffer's own "cannot give it yet" errors are expected; a bug is not hidden.
     strict = TfKinematics(buffer, 'world', CAMERA, offset_s=0.0, not_yet=(KeyError,))
-    with pytest.raises(NotYet):
+    with pytest.raises(NotYetError):
         strict.sample(10)
