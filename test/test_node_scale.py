@@ -5,7 +5,8 @@ right images and camera_infos) or ``kinematics`` (the robot's camera pose on
 ``kinematics/pose``); the published depth must be metric: its median within 5 % of the
 true depth's (stereo, over the frames; single frames within 10 %); with kinematics, the
 depth / truth median within 6 % over the frames once the robot's track is long enough,
-single frames within 10 % (the fixed guess: ~50 % off). Without tf2_ros, a TF kinematic input is refused at start-up.
+single frames within 10 % (the fixed guess: ~50 % off). Without tf2_ros, a TF
+kinematic input is refused at start-up.
 """
 
 from __future__ import annotations
