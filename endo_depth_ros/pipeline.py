@@ -506,17 +506,19 @@ class Pipeline:
         depth = aligned.depth
         if frame.view is not None:
             depth = np.where(frame.view, depth, np.float32(np.nan)).astype(np.float32, copy=False)
-        if estimate is not None and reference:
-            # The reference depth must be the aligned one, so odometry and clouds share scale.
-            start = self.stage_clock()
-            self.odometry.set_reference_depth(depth)
-            frame.timings_ms['odometry'] += self._ms_since(start)
+        aligned_depth, tracked = depth, estimate
         if self.scale.active:
             # Depth, cloud and pose translations all take the same metric scale.
             start = self.stage_clock()
             depth, estimate = self.scale.apply(depth, frame.rgb, frame.intrinsics,
                                                frame.stamp_ns, estimate, frame.stereo)
             frame.timings_ms['scale'] = self._ms_since(start)
+        if tracked is not None and reference:
+            # Odometry works in the alignment's units (the scale stage makes its poses
+            # metric); with stereo, its keyframe points are the triangulated ones.
+            start = self.stage_clock()
+            self.odometry.set_reference_depth(self.scale.reference_depth(aligned_depth))
+            frame.timings_ms['odometry'] += self._ms_since(start)
         result = FrameResult(
             index=index, stamp_ns=frame.stamp_ns, rgb=frame.rgb, intrinsics=frame.intrinsics,
             raw=frame.raw, output_kind=self.model.output_kind, depth=depth,

@@ -19,12 +19,16 @@ is ``reference_depth_m``). A surgical robot has two measurements of the true sca
     The published depth stays dense (the monocular one) and becomes metric.
 ``kinematics``
     The camera's pose from the robot (forward kinematics) in a fixed frame, stamped.
-    Over a sliding window of ``kinematics_window`` frames, every pair of frames that
-    the robot moved at least ``kinematics_min_motion_m`` apart gives a ratio of the
-    kinematic to the visual-odometry displacement (norms: independent of the frames
-    and insensitive to a small hand-eye offset and to a constant latency); the scale
-    is their trimmed, motion-weighted mean. Before the robot has moved enough, the
-    alignment's policy holds.
+    The robot knows how far the camera moved, so the current frame and an earlier one
+    form a stereo pair across time whose baseline length is known in metres: the
+    aligned depth of the current frame is fitted to its dense image motion towards the
+    newest earlier frame at least ``kinematics_min_motion_m`` away
+    (:mod:`endo_depth_ros.motion_stereo`). The scale is measured on the depth that is
+    published, frame by frame, not through odometry's keyframes. The baseline length
+    comes from a straight-line fit of the kinematic positions over
+    ``kinematics_smoothing_s`` (per-sample noise of a few tenths of a millimetre is
+    ~10 % of a 2-4 mm baseline); its direction and the rotation are refined by the fit.
+    Before the robot has moved enough, the alignment's policy holds.
 
 A frame whose scale cannot be measured (no right image, too little stereo coverage,
 an occluding instrument, not enough motion) keeps the last good scale; it is counted
@@ -50,6 +54,7 @@ import numpy as np
 
 from endo_depth_ros.camera import Intrinsics
 from endo_depth_ros.errors import BadInputError, ConfigError
+from endo_depth_ros.motion_stereo import MotionStereo
 from endo_depth_ros.odometry import PoseEstimate
 
 #: Values of ``ScaleConfig.source``.
@@ -58,6 +63,8 @@ SOURCES = ('none', 'stereo', 'kinematics')
 ODOMETRY_SOURCES = ('visual', 'kinematics')
 #: Kinematic samples kept for interpolation (about 5 s at 100 Hz).
 KINEMATICS_HISTORY = 512
+#: Fraction of ``kinematics_smoothing_s`` the samples of a velocity fit must cover.
+KINEMATICS_MIN_SPAN = 0.15
 #: Largest gap (s) across which kinematic poses are interpolated or held.
 KINEMATICS_MAX_GAP_S = 0.25
 #: Grey levels: below is the black outside the field of view, above is a highlight.
@@ -91,8 +98,14 @@ class ScaleConfig:
         stereo_min_coverage: fraction of the valid monocular pixels that stereo must
             measure for a fit (else the frame keeps the last good scale).
         stereo_trim_fraction: fraction of the largest residuals dropped per pass.
-        kinematics_window: frames whose pairwise displacements are matched.
-        kinematics_min_motion_m: smallest kinematic displacement (metres) of a pair used.
+        kinematics_width: width (pixels) the current and the earlier frame are matched
+            at (dense flow; height keeps the aspect).
+        kinematics_min_motion_m: baseline (metres) between the current frame and the
+            earlier frame it is matched with (the newest one at least this far).
+        kinematics_max_lag: earlier frames kept as candidates (bounds the memory; a robot
+            slower than min_motion / max_lag per frame gives no measurement).
+        kinematics_smoothing_s: span (s) of the straight-line fit of the kinematic
+            positions the baseline is taken from (0: the raw samples, interpolated).
         kinematics_time_offset_s: added to an image stamp to look up the kinematic pose
             of the same instant (the kinematic stream's latency; may be negative).
         kinematics_frame: TF: frame of the camera as the robot knows it ('' : the
@@ -111,8 +124,10 @@ class ScaleConfig:
     stereo_min_texture: float = 2.0
     stereo_min_coverage: float = 0.05
     stereo_trim_fraction: float = 0.2
-    kinematics_window: int = 12
-    kinematics_min_motion_m: float = 0.004
+    kinematics_width: int = 240
+    kinematics_min_motion_m: float = 0.002
+    kinematics_max_lag: int = 10
+    kinematics_smoothing_s: float = 0.6
     kinematics_time_offset_s: float = 0.0
     kinematics_frame: str = ''
     kinematics_base_frame: str = 'base'
@@ -132,8 +147,10 @@ class ScaleConfig:
             ('stereo_min_texture', self.stereo_min_texture, 0.0, 255.0),
             ('stereo_min_coverage', self.stereo_min_coverage, 0.0, 1.0),
             ('stereo_trim_fraction', self.stereo_trim_fraction, 0.0, 0.9),
-            ('kinematics_window', self.kinematics_window, 2, 1000),
-            ('kinematics_min_motion_m', self.kinematics_min_motion_m, 0.0, 1.0),
+            ('kinematics_width', self.kinematics_width, 32, 4096),
+            ('kinematics_min_motion_m', self.kinematics_min_motion_m, 1e-5, 1.0),
+            ('kinematics_max_lag', self.kinematics_max_lag, 1, 100),
+            ('kinematics_smoothing_s', self.kinematics_smoothing_s, 0.0, 5.0),
             ('kinematics_time_offset_s', self.kinematics_time_offset_s, -1.0, 1.0),
         )
         for name, value, low, high in checks:
@@ -166,7 +183,9 @@ class ScaleStats:
         scale: metric depth / aligned depth (1 until the first good fit; with a shift,
             the factor on inverse depth is ``1 / scale``).
         shift: disparity shift of the fit (1/m, stereo with ``fit_shift``).
-        coverage: stereo: fraction of valid monocular pixels measured in the last pair.
+        coverage: fraction of the valid monocular pixels measured in the last pair (stereo)
+            or matched across time (kinematics).
+        baseline_m: kinematics: the robot's motion (metres) between the last matched frames.
         fits: frames whose scale was measured.
         fallbacks: frames that kept the last good scale (or the alignment's).
         reasons: fallbacks by reason.
@@ -177,6 +196,7 @@ class ScaleStats:
     scale: float = 1.0
     shift: float = 0.0
     coverage: float = math.nan
+    baseline_m: float = math.nan
     fits: int = 0
     fallbacks: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
@@ -242,12 +262,16 @@ class StereoDepth:
         grey_r = cv2.resize(cv2.cvtColor(right, cv2.COLOR_RGB2GRAY), size,
                             interpolation=cv2.INTER_AREA)
         disparity = self._matcher.compute(grey_l, grey_r).astype(np.float32) / 16.0
-        usable = (disparity > 0.5) & _textured(grey_l, self.config.stereo_min_texture)
-        usable &= (grey_l > DARK_LEVEL) & ~_near_highlight(grey_l)
+        usable = (disparity > 0.5) & usable_pixels(grey_l, self.config.stereo_min_texture)
         fx = intrinsics.fx * size[0] / width
         inverse = np.full(disparity.shape, np.nan, np.float32)
         inverse[usable] = disparity[usable] / np.float32(fx * baseline_m)
         return inverse
+
+
+def usable_pixels(grey: np.ndarray, min_texture: float) -> np.ndarray:
+    """(h, w) bool pixels worth matching: textured, not black, away from highlights."""
+    return _textured(grey, min_texture) & (grey > DARK_LEVEL) & ~_near_highlight(grey)
 
 
 def _textured(grey: np.ndarray, min_std: float) -> np.ndarray:
@@ -346,6 +370,31 @@ class KinematicTrack:
         w = (stamp_ns - t0) / (t1 - t0)
         return _interpolate(self._poses[i - 1], self._poses[i], w)
 
+    def velocity(self, stamp_ns: int, span_s: float) -> np.ndarray | None:
+        """Velocity (3,) m/s of a straight-line fit of the positions within ``span_s``
+        of ``stamp_ns`` (both sides); None with fewer than 3 samples there or when they
+        cover less than ``KINEMATICS_MIN_SPAN`` of ``span_s`` (the start of a track).
+
+        Differences of single samples carry their noise in full (0.3 mm on a 2 mm
+        baseline is 15 %); the fitted line averages it over the span.
+        """
+        if len(self._stamps) < 3:
+            return None
+        stamps = np.fromiter(self._stamps, np.int64, len(self._stamps))
+        near = np.flatnonzero(np.abs(stamps - stamp_ns) <= span_s * 1e9)
+        if near.size < 3:
+            return None
+        t = (stamps[near] - stamp_ns) * 1e-9
+        if t[-1] - t[0] < KINEMATICS_MIN_SPAN * span_s:
+            return None
+        t -= t.mean()
+        spread = float(np.dot(t, t))
+        if spread <= 0:
+            return None
+        positions = np.stack([self._poses[i][:3, 3] for i in near])
+        positions -= positions.mean(axis=0)
+        return (t @ positions) / spread
+
     def clear(self) -> None:
         """Forget every sample."""
         self._stamps.clear()
@@ -373,10 +422,14 @@ class MetricScale:
         self.stereo = StereoDepth(self.config)
         self.kinematics = KinematicTrack()
         self.stats = ScaleStats(source=self.config.source)
-        self._vo: deque[tuple[int, np.ndarray]] = deque(maxlen=self.config.kinematics_window)
+        self.motion = MotionStereo(self.config.stereo_trim_fraction, self.config.fit_shift)
+        # Earlier frames the current one can be matched with: (kinematic stamp, grey).
+        self._past: deque[tuple[int, np.ndarray]] = deque(maxlen=self.config.kinematics_max_lag)
         self._previous_vo: np.ndarray | None = None
         self._metric_pose = np.eye(4)
         self._kinematic_origin: np.ndarray | None = None
+        # This frame's stereo inverse depth (1/m, working size) when it was fitted.
+        self._stereo_inverse: np.ndarray | None = None
 
     @property
     def active(self) -> bool:
@@ -389,7 +442,7 @@ class MetricScale:
 
     def reset(self) -> None:
         """Forget the stream (scale, trajectory); kinematic samples and counters are kept."""
-        self._vo.clear()
+        self._past.clear()
         self._previous_vo = None
         self._metric_pose = np.eye(4)
         self._kinematic_origin = None
@@ -414,11 +467,12 @@ class MetricScale:
         """
         if not self.active:
             return depth, estimate
+        self._stereo_inverse = None
         source = self.config.source
         if source == 'stereo':
             self._measure_stereo(depth, rgb, intrinsics, stereo)
         elif source == 'kinematics':
-            self._measure_kinematics(stamp_ns, estimate)
+            self._measure_kinematics(depth, rgb, intrinsics, stamp_ns)
         scale, shift = self.stats.scale, self.stats.shift
         if shift:
             with np.errstate(divide='ignore', invalid='ignore'):
@@ -430,6 +484,30 @@ class MetricScale:
             metric = (depth * np.float32(scale)).astype(np.float32)
             translation_scale = scale
         return metric, self._pose(stamp_ns, estimate, translation_scale)
+
+    def reference_depth(self, depth: np.ndarray) -> np.ndarray:
+        """The depth odometry takes as the last applied frame's reference, in the
+        alignment's units (odometry's; :meth:`apply` makes its poses metric).
+
+        With stereo fitted on that frame: the triangulated depth where stereo measured
+        (NaN elsewhere; odometry drops those corners), brought into the alignment's units
+        by the fitted scale and shift; else ``depth`` itself. Keyframe points from
+        stereo do not carry the monocular depth's shape errors into the trajectory:
+        ATE 2.3 % -> 0.5 % of the path for the photometric prior on the synthetic flight.
+
+        Args:
+            depth: (H, W) float32 aligned depth of that frame (as given to ``apply``).
+
+        Returns:
+            (h, w) float32 depth, NaN invalid (the stereo working size, or ``depth``).
+        """
+        inverse = self._stereo_inverse
+        if inverse is None:
+            return depth
+        scale, shift = np.float32(self.stats.scale), np.float32(self.stats.shift)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            aligned = 1.0 / (scale * (inverse - shift))
+        return np.where(aligned > 0, aligned, np.float32(np.nan)).astype(np.float32)
 
     # ------------------------------------------------------------------ internals
 
@@ -467,30 +545,60 @@ class MetricScale:
             self._keep(BAD_FIT)
             return
         self._accept(1.0 / fit[0], fit[1])
+        self._stereo_inverse = measured
 
-    def _measure_kinematics(self, stamp_ns: int, estimate: PoseEstimate | None) -> None:
-        if estimate is None or not estimate.valid:
-            # A lost or missing estimate breaks the chain of displacements.
-            self._vo.clear()
-            self._keep(NO_KINEMATICS if estimate is None else BAD_FIT)
+    def _measure_kinematics(self, depth: np.ndarray, rgb: np.ndarray, intrinsics: Intrinsics,
+                            stamp_ns: int) -> None:
+        cfg = self.config
+        width = min(intrinsics.width, cfg.kinematics_width)
+        size = (width, max(8, round(intrinsics.height * width / intrinsics.width)))
+        grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), size,
+                          interpolation=cv2.INTER_AREA)
+        stamp = stamp_ns + round(cfg.kinematics_time_offset_s * 1e9)  # the robot's clock
+        motion = self._motion_to_past(stamp)
+        self._past.append((stamp, grey))
+        if motion is None:
             return
-        self._vo.append((stamp_ns, estimate.pose[:3, 3].copy()))
-        offset = round(self.config.kinematics_time_offset_s * 1e9)
-        vo, kin = [], []
-        for stamp, position in self._vo:
-            pose = self.kinematics.at(stamp + offset)
-            if pose is not None:
-                vo.append(position)
-                kin.append(pose[:3, 3])
-        if len(kin) < 2:
+        T_s_t, earlier = motion
+        inverse = 1.0 / cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
+        fit = self.motion.fit(grey, earlier, usable_pixels(grey, cfg.stereo_min_texture),
+                              inverse, intrinsics.scaled(*size), T_s_t)
+        if fit is None:
+            self._keep(BAD_FIT)
+            return
+        self.stats.coverage = fit.points / max(1, int(np.isfinite(inverse).sum()))
+        self._accept(1.0 / fit.k, fit.beta)
+
+    def _motion_to_past(self, stamp: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(T_s_t, grey_s)``: the robot's motion (metres) from the newest earlier frame
+        at least ``kinematics_min_motion_m`` away to this one; None (counted) if none."""
+        cfg = self.config
+        pose_t = self.kinematics.at(stamp, hold=True)
+        if pose_t is None:
             self._keep(NO_KINEMATICS)
-            return
-        ratio = _displacement_ratio(np.asarray(vo), np.asarray(kin),
-                                    self.config.kinematics_min_motion_m)
-        if ratio is None:
-            self._keep(NOT_ENOUGH_MOTION)
-            return
-        self._accept(ratio, 0.0)
+            return None
+        velocity = None
+        if cfg.kinematics_smoothing_s > 0:
+            velocity = self.kinematics.velocity(stamp, cfg.kinematics_smoothing_s)
+            if velocity is None:  # the track does not cover the span yet
+                self._keep(NOT_ENOUGH_MOTION)
+                return None
+        for earlier, grey in reversed(self._past):
+            pose_s = self.kinematics.at(earlier, hold=True)
+            if pose_s is None:
+                continue
+            if velocity is not None:
+                displacement = velocity * ((stamp - earlier) * 1e-9)
+            else:
+                displacement = pose_t[:3, 3] - pose_s[:3, 3]
+            if np.linalg.norm(displacement) >= cfg.kinematics_min_motion_m:
+                T_s_t = np.eye(4)
+                T_s_t[:3, :3] = pose_s[:3, :3].T @ pose_t[:3, :3]
+                T_s_t[:3, 3] = pose_s[:3, :3].T @ displacement
+                self.stats.baseline_m = float(np.linalg.norm(displacement))
+                return T_s_t, grey
+        self._keep(NOT_ENOUGH_MOTION)
+        return None
 
     def _pose(self, stamp_ns: int, estimate: PoseEstimate | None,
               translation_scale: float) -> PoseEstimate | None:
@@ -514,24 +622,6 @@ class MetricScale:
         covariance[:3, :] *= translation_scale
         covariance[:, :3] *= translation_scale
         return replace(estimate, pose=self._metric_pose.copy(), covariance=covariance)
-
-
-def _displacement_ratio(vo: np.ndarray, kin: np.ndarray, min_motion: float) -> float | None:
-    """Trimmed, motion-weighted ratio |kinematic| / |visual| of pairwise displacements."""
-    i, j = np.triu_indices(len(kin), k=1)
-    d_kin = np.linalg.norm(kin[j] - kin[i], axis=1)
-    d_vo = np.linalg.norm(vo[j] - vo[i], axis=1)
-    use = (d_kin >= max(min_motion, 1e-9)) & (d_vo > 0)
-    if not use.any():
-        return None
-    d_kin, d_vo = d_kin[use], d_vo[use]
-    ratio = d_kin / d_vo
-    median = np.median(ratio)
-    spread = 1.4826 * np.median(np.abs(ratio - median)) + 1e-3 * median
-    inlier = np.abs(ratio - median) <= 3 * spread
-    # Least squares d_kin ~ r * d_vo on the inliers weights long displacements most.
-    value = float(np.dot(d_kin[inlier], d_vo[inlier]) / np.dot(d_vo[inlier], d_vo[inlier]))
-    return value if math.isfinite(value) and value > 0 else None
 
 
 def _inverse(T: np.ndarray) -> np.ndarray:

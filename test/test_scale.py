@@ -11,6 +11,7 @@ import pytest
 
 from endo_depth_ros import bags, metrics
 from endo_depth_ros.errors import BadInputError, ConfigError
+from endo_depth_ros.motion_stereo import MotionStereo
 from endo_depth_ros.odometry import PoseEstimate
 from endo_depth_ros.pipeline import Pipeline, PipelineConfig
 from endo_depth_ros.scale import (
@@ -24,6 +25,7 @@ from endo_depth_ros.scale import (
     StereoPair,
     baseline_from_projection,
     fit_inverse_depth,
+    usable_pixels,
 )
 from endo_depth_ros.synth import SynthConfig, SynthFrame, render_sequence
 from endo_depth_ros.synth.stereo import right_projection
@@ -34,7 +36,7 @@ BASELINE_MM = 4.0
 @functools.lru_cache(maxsize=1)
 def flight() -> tuple[SynthFrame, ...]:
     return tuple(render_sequence(SynthConfig(
-        width=160, height=128, frames=6, seed=3, stereo_baseline_mm=BASELINE_MM,
+        width=160, height=128, frames=9, seed=3, stereo_baseline_mm=BASELINE_MM,
         kinematics_noise_m=2e-4)))
 
 
@@ -83,13 +85,20 @@ def test_stereo_pipeline_is_metric_and_depth_cloud_and_pose_share_the_scale() ->
     assert errors is not None and errors['abs_rel'] < 0.5
     assert np.nanmedian(out.depth / frame.depth) == pytest.approx(1.0, abs=0.08)
     factor = pipeline.scale.stats.scale
-    np.testing.assert_allclose(out.depth, ref.depth * np.float32(factor), rtol=1e-5)
+    # One factor on the whole aligned depth (the alignments differ slightly: odometry's
+    # keyframe points come from stereo, and the aligner reprojects with its poses).
+    ratio = out.depth / ref.depth
+    assert np.nanmedian(ratio) == pytest.approx(factor, rel=0.02)
+    assert np.nanpercentile(ratio, 90) / np.nanpercentile(ratio, 10) < 1.03
     assert out.points is not None
     assert np.nanmedian(out.points.reshape(-1, 3)[:, 2]) == pytest.approx(
         np.nanmedian(out.depth), rel=0.02)
-    assert out.pose is not None and ref.pose is not None
-    np.testing.assert_allclose(out.pose.pose[:3, 3], ref.pose.pose[:3, 3] * factor, rtol=0.05,
-                               atol=1e-5)
+    # The pose is metric: the camera's displacement since the first frame, in metres
+    # (the fixed policy's is twice too short here; over a long flight see the bench).
+    assert out.pose is not None and out.pose.valid
+    moved = (np.linalg.inv(flight()[0].pose) @ frame.pose)[:3, 3]
+    assert np.linalg.norm(out.pose.pose[:3, 3]) == pytest.approx(np.linalg.norm(moved),
+                                                                 rel=0.1)
     assert 'scale' in out.timings_ms
 
 
@@ -131,33 +140,91 @@ def test_kinematic_track_interpolates_and_restarts_on_an_earlier_stamp() -> None
         track.add(200, np.full((4, 4), np.nan))
 
 
-def test_kinematic_scale_matches_odometry_to_the_robot_after_enough_motion() -> None:
-    config = ScaleConfig(source='kinematics', kinematics_min_motion_m=0.004,
-                         kinematics_time_offset_s=0.01)
+def _grey(frame: SynthFrame) -> np.ndarray:
+    return cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _motion(later: SynthFrame, earlier: SynthFrame) -> np.ndarray:
+    """The true ``T_s_t`` (camera of ``later`` to camera of ``earlier``, metres)."""
+    return np.linalg.inv(earlier.pose) @ later.pose
+
+
+def test_motion_stereo_measures_the_scale_from_the_baseline_length() -> None:
+    later, earlier = flight()[3], flight()[1]
+    grey = _grey(later)
+    aligned = later.depth * np.float32(2.5)  # an aligned depth 2.5x too far
+    inverse = 1.0 / np.where(later.seg == 0, aligned, np.nan)
+    motion = MotionStereo(trim_fraction=0.2, with_shift=False)
+    T = _motion(later, earlier)
+    exact = motion.fit(grey, _grey(earlier), usable_pixels(grey, 2.0), inverse,
+                       later.intrinsics, T)
+    assert exact is not None and exact.points > 1000
+    assert 1.0 / exact.k == pytest.approx(0.4, rel=0.03)  # metric = aligned * 0.4
+    # The robot's direction and rotation are off (kinematic noise, hand-eye error): the
+    # fit corrects them and keeps only the baseline length.
+    wrong = T.copy()
+    wrong[:3, :3] = wrong[:3, :3] @ cv2.Rodrigues(np.radians([0.5, -0.5, 0.3]))[0]
+    wrong[:3, 3] = cv2.Rodrigues(np.radians([0.0, 6.0, 0.0]))[0] @ T[:3, 3]
+    refined = motion.fit(grey, _grey(earlier), usable_pixels(grey, 2.0), inverse,
+                         later.intrinsics, wrong)
+    assert refined is not None and refined.direction_change_deg > 3.0
+    assert 1.0 / refined.k == pytest.approx(0.4, rel=0.04)
+    # A shift in disparity (a model affine in disparity) is recovered with fit_shift.
+    affine = inverse + 5.0  # the true inverse depth is 2.5 * (affine - 5)
+    shifted = MotionStereo(trim_fraction=0.2, with_shift=True).fit(
+        grey, _grey(earlier), usable_pixels(grey, 2.0), affine, later.intrinsics, T)
+    assert shifted is not None and shifted.beta < 0
+    metric_inverse = shifted.k * affine + shifted.beta
+    assert np.nanmedian(metric_inverse * later.depth) == pytest.approx(1.0, abs=0.03)
+
+
+def test_motion_stereo_refuses_a_view_without_texture() -> None:
+    later, earlier = flight()[3], flight()[1]
+    flat = np.full_like(_grey(later), 128)
+    inverse = 1.0 / later.depth
+    fit = MotionStereo(0.2, False).fit(flat, flat, usable_pixels(flat, 2.0), inverse,
+                                       later.intrinsics, _motion(later, earlier))
+    assert fit is None
+
+
+def test_kinematic_velocity_is_a_line_fit_over_the_span() -> None:
+    track = KinematicTrack()
+    rng = np.random.default_rng(0)
+    assert track.velocity(0, 0.5) is None
+    for i in range(20):
+        pose = np.eye(4)
+        pose[:3, 3] = np.array([0.03, 0.0, -0.01]) * i / 30 + rng.normal(0, 3e-4, 3)
+        track.add(round(i / 30 * 1e9), pose)
+    velocity = track.velocity(round(19 / 30 * 1e9), 0.6)
+    assert velocity is not None
+    np.testing.assert_allclose(velocity, (0.03, 0.0, -0.01), atol=2e-3)  # m/s
+    # Three samples covering 0.07 s are too short a track for a 0.6 s fit.
+    short = KinematicTrack()
+    for i in range(3):
+        short.add(i * 33_000_000, np.eye(4))
+    assert short.velocity(66_000_000, 0.6) is None
+
+
+def test_kinematic_scale_is_measured_on_the_published_depth_once_the_robot_moved() -> None:
+    frames = flight()
+    config = ScaleConfig(source='kinematics', kinematics_time_offset_s=0.03)
     scale = MetricScale(config)
-    rng = np.random.default_rng(1)
-    depth = np.full((8, 8), 0.1, np.float32)
-    rgb = np.zeros((8, 8, 3), np.uint8)
-    camera = flight()[0].intrinsics.scaled(8, 8)
-    for i in range(12):
-        stamp = i * 33_000_000
-        true = np.eye(4)
-        true[:3, 3] = (0.0002 * i, 0.0, 0.001 * i)  # 1 mm per frame
-        robot = true.copy()
-        robot[:3, 3] += rng.normal(0, 1e-4, 3)
-        # The robot reports 10 ms late: its sample stamped s is the pose at s - 10 ms,
-        # approximately the frame's for this slow motion.
-        scale.add_kinematics(stamp + 10_000_000, robot)
-        vo = true.copy()
-        vo[:3, 3] *= 2.5  # odometry in the alignment's units: 2.5x too long
-        estimate = PoseEstimate(pose=vo, valid=True, covariance=np.eye(6))
-        metric, pose = scale.apply(depth, rgb, camera, stamp, estimate, None)
-        if i < 4:
-            assert not scale.stats.measured
-    assert scale.stats.reasons[NOT_ENOUGH_MOTION] >= 1
-    assert scale.stats.scale == pytest.approx(0.4, rel=0.03)
-    assert np.nanmedian(metric) == pytest.approx(0.04, rel=0.03)
-    assert pose is not None and pose.valid
+    measured = []
+    for frame in frames:
+        assert frame.kinematic_pose is not None
+        scale.add_kinematics(frame.stamp_ns, frame.kinematic_pose)
+        aligned = frame.depth * np.float32(2.5)
+        metric, _ = scale.apply(aligned, frame.rgb, frame.intrinsics, frame.stamp_ns, None,
+                                None)
+        if scale.stats.measured:
+            measured.append(float(np.nanmedian(metric / frame.depth)))
+    # No measurement before the track covers a sixth of the smoothing span; the first
+    # ones rest on a few noisy samples (0.2 mm here), later ones on more.
+    assert scale.stats.reasons[NOT_ENOUGH_MOTION] >= 2
+    assert len(measured) >= 5
+    assert measured[0] == pytest.approx(1.0, abs=0.12)
+    assert measured[-4:] == [pytest.approx(1.0, abs=0.05)] * 4
+    assert scale.stats.baseline_m >= config.kinematics_min_motion_m
 
 
 def test_kinematic_poses_replace_odometry_relative_to_the_first_frame() -> None:

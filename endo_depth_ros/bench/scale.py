@@ -17,9 +17,9 @@ Table 2 (robustness): stereo with a dark, textureless instrument shaft covering 
 both views (its pixels are not scored), stereo with the right frame missing every third
 frame, kinematics with more noise and with the latency not compensated.
 
-Table 3 (cost) times the pipeline at 640x512 with the photometric model, with and without
-the stereo scale stage; the ratio is the stereo stage over the model and over the whole
-pipeline of the same run.
+Table 3 (cost) times the pipeline at 640x512 with the photometric model and each scale
+source; the ratios are the scale stage over the model and over the whole pipeline of the
+same run.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def _sources() -> list[Scenario]:
         Scenario('stereo', ScaleConfig(source='stereo')),
         Scenario('stereo + shift', ScaleConfig(source='stereo', fit_shift=True)),
         Scenario('kinematics', kin),
-        Scenario('kinematics + kinematic poses', replace(kin, kinematics_odometry='kinematics')),
+        Scenario('kinematics + shift', replace(kin, fit_shift=True)),
+        Scenario('kinematics + shift + kinematic poses',
+                 replace(kin, fit_shift=True, kinematics_odometry='kinematics')),
     ]
 
 
@@ -129,10 +131,15 @@ def robustness_rows(flight: list[SynthFrame], scene: Scene) -> list[dict[str, ob
         Scenario('stereo, right frame missing every 3rd', stereo, drop_right_every=3),
         Scenario('stereo + shift, instrument over half the view',
                  replace(stereo, fit_shift=True), occlude_half=True),
-        Scenario('kinematics 0.3 mm, latency compensated', kin),
-        Scenario('kinematics 0.3 mm, latency ignored', replace(kin, kinematics_time_offset_s=0)),
-        Scenario('kinematics 1 mm noise', kin, kinematics_noise_m=1e-3),
     ]
+    for shift in (False, True):
+        name = 'kinematics + shift' if shift else 'kinematics'
+        k = replace(kin, fit_shift=shift)
+        scenarios += [
+            Scenario(f'{name}, 0.3 mm, latency compensated', k),
+            Scenario(f'{name}, 0.3 mm, latency ignored', replace(k, kinematics_time_offset_s=0)),
+            Scenario(f'{name}, 1 mm noise', k, kinematics_noise_m=1e-3),
+        ]
     rows: list[dict[str, object]] = []
     for model_name in ('photometric', 'flicker'):
         for scenario in scenarios:
@@ -238,26 +245,35 @@ def _row(model: str, label: str, result: RunResult, errors: list[float],
     }
 
 
-def cost_rows(width: int, height: int, seed: int, frames: int = 6) -> list[dict[str, object]]:
-    """Table 3: pipeline stages at ``width`` x ``height`` with and without the stereo stage."""
+def cost_rows(width: int, height: int, seed: int, frames: int = 16,
+              timed: int = 6) -> list[dict[str, object]]:
+    """Table 3: pipeline stages at ``width`` x ``height`` with each scale source.
+
+    The last ``timed`` frames of each pass are timed (kinematics measures only once its
+    track covers half of ``kinematics_smoothing_s``).
+    """
     config = SynthConfig(width=width, height=height, frames=frames, seed=seed,
-                         stereo_baseline_mm=BASELINE_MM)
+                         stereo_baseline_mm=BASELINE_MM, kinematics_noise_m=NOISE_M,
+                         kinematics_latency_s=LATENCY_S)
     scene = Scene(config)
     flight = [scene.frame(i) for i in range(frames)]
     rows = []
-    for label, scale in (('fixed', ScaleConfig()), ('stereo', ScaleConfig(source='stereo'))):
+    for label, scale in (('fixed', ScaleConfig()), ('stereo', ScaleConfig(source='stereo')),
+                         ('kinematics', ScaleConfig(source='kinematics',
+                                                    kinematics_time_offset_s=LATENCY_S))):
         pipeline = Pipeline(PipelineConfig(scale=scale), model=models.load('photometric'))
         timings: dict[str, list[float]] = {}
         for _ in range(3):
             pipeline.reset()  # the same frames again: a new stream, the same model
             for frame in flight:
-                assert frame.right is not None
+                assert frame.right is not None and frame.kinematic_pose is not None
+                pipeline.add_kinematics(frame.stamp_ns, frame.kinematic_pose)
                 start = time.perf_counter()
                 (out,) = pipeline.process(frame.rgb, frame.intrinsics, frame.stamp_ns,
                                           stereo=StereoPair(frame.right.rgb, frame.baseline_m))
                 total = (time.perf_counter() - start) * 1e3
-                if frame.index == 0:
-                    continue  # the first frame of a stream does no tracking
+                if frame.index < frames - timed:
+                    continue
                 for key, ms in {**out.timings_ms, 'total': total}.items():
                     timings.setdefault(key, []).append(ms)
         median = {key: float(np.median(v)) for key, v in timings.items()}
@@ -266,7 +282,8 @@ def cost_rows(width: int, height: int, seed: int, frames: int = 6) -> list[dict[
                      'odometry ms': median.get('odometry', 0.0),
                      'alignment ms': median.get('alignment', 0.0), 'scale ms': scale_ms,
                      'pipeline ms': median['total'], 'scale / model': scale_ms / median['model'],
-                     'scale / pipeline': scale_ms / median['total']})
+                     'scale / pipeline': scale_ms / median['total'],
+                     'measured': pipeline.scale.stats.measured or label == 'fixed'})
     return rows
 
 

@@ -7,10 +7,13 @@ of the same stamp (within ``input.camera_info_tolerance_s``, waiting at most
 stereo (the scale keeps its last good value, counted in /diagnostics).
 
 ``scale.source: kinematics`` (or ``scale.kinematics_odometry: kinematics``) takes the
-camera's pose from the robot: from TF (``scale.kinematics_base_frame`` ->
-``scale.kinematics_frame``) when that frame is set and ``tf2_ros`` is importable, else
-from ``kinematics/pose`` (``geometry_msgs/PoseStamped``). Samples are buffered (bounded)
-by the subscription and handed to the pipeline by the worker thread before each frame.
+camera's pose from the robot: from ``kinematics/pose`` (``geometry_msgs/PoseStamped``),
+or, when ``scale.kinematics_frame`` is set, from TF (``scale.kinematics_base_frame`` ->
+``scale.kinematics_frame``; the node refuses to start without ``tf2_ros``). Topic samples
+are buffered (bounded) by the subscription and handed to the pipeline by the worker
+thread before each frame; with TF the worker asks the buffer for the newest transform
+before each frame and hands it over at its own stamp (the scale stage interpolates and
+compensates the latency, as for the topic).
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ from collections import deque
 import importlib
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from geometry_msgs.msg import Pose, PoseStamped
+from geometry_msgs.msg import PoseStamped, TransformStamped
+import numpy as np
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 
-from endo_depth_ros.errors import BadInputError
+from endo_depth_ros.errors import BadInputError, ConfigError
+from endo_depth_ros.geometry import pose_from_translation_quaternion
 from endo_depth_ros.pipeline import Pipeline
 from endo_depth_ros.ros import conversions
 from endo_depth_ros.scale import ScaleConfig, ScaleStats, StereoPair, baseline_from_projection
@@ -36,6 +41,66 @@ from endo_depth_ros.scale import ScaleConfig, ScaleStats, StereoPair, baseline_f
 RIGHT_HISTORY = 8
 #: Kinematic samples waiting for the worker.
 KINEMATICS_QUEUE = 256
+
+
+class TransformBuffer(Protocol):
+    """What the kinematic input needs of a ``tf2_ros.Buffer``."""
+
+    def lookup_transform(self, target_frame: str, source_frame: str,
+                         time: Time) -> TransformStamped:
+        """``T_target_source`` at ``time`` (``Time()``: the newest available)."""
+        ...
+
+
+class TfKinematics:
+    """The camera's pose from TF (``base_frame`` -> ``camera_frame``), one sample a frame.
+
+    For an image stamped t the sample is the transform at ``t + offset`` (the instant the
+    scale stage asks for; tf2 interpolates the robot's own high-rate stream), or, when
+    that is not in the buffer yet (the robot's latency), the newest transform at its
+    own stamp. Samples only move forward in time (an older one would restart the track).
+
+    Args:
+        buffer: a ``tf2_ros.Buffer`` (or anything with its ``lookup_transform``).
+        base_frame, camera_frame: the robot's fixed frame and the camera's frame.
+        offset_s: ``scale.kinematics_time_offset_s``.
+        not_yet: the buffer's exceptions for a transform it cannot give (tf2's
+            ``TransformException``: not published yet, frames not connected).
+    """
+
+    def __init__(self, buffer: TransformBuffer, base_frame: str, camera_frame: str,
+                 offset_s: float, not_yet: tuple[type[Exception], ...]) -> None:
+        self.buffer = buffer
+        self.base_frame = base_frame
+        self.camera_frame = camera_frame
+        self._offset_ns = round(offset_s * 1e9)
+        self._not_yet = not_yet
+        self._last_ns: int | None = None
+        #: Frames for which the buffer had no transform at all.
+        self.misses = 0
+
+    def sample(self, stamp_ns: int) -> tuple[int, np.ndarray] | None:
+        """``(stamp_ns, T_base_camera)`` for the image stamped ``stamp_ns``, or None."""
+        target = stamp_ns + self._offset_ns
+        msg = self._lookup(Time(nanoseconds=target)) or self._lookup(Time())
+        if msg is None:
+            self.misses += 1
+            return None
+        sample_ns = conversions.stamp_to_ns(msg.header.stamp)
+        if sample_ns == 0:  # tf2 stamps a static transform 0: it describes every instant
+            sample_ns = target
+        if self._last_ns is not None and sample_ns <= self._last_ns:
+            return None
+        self._last_ns = sample_ns
+        t, q = msg.transform.translation, msg.transform.rotation
+        return sample_ns, pose_from_translation_quaternion((t.x, t.y, t.z),
+                                                           (q.x, q.y, q.z, q.w))
+
+    def _lookup(self, time: Time) -> TransformStamped | None:
+        try:
+            return self.buffer.lookup_transform(self.base_frame, self.camera_frame, time)
+        except self._not_yet:
+            return None
 
 
 class ScaleInputs:
@@ -48,7 +113,7 @@ class ScaleInputs:
         self._right: deque[tuple[int, Image]] = deque(maxlen=RIGHT_HISTORY)
         self._baseline_m: float | None = None
         self._kinematics: deque[tuple[int, Any]] = deque(maxlen=KINEMATICS_QUEUE)
-        self._tf_buffer: Any = None
+        self.tf: TfKinematics | None = None
         self.bad_inputs = 0
         if config.source == 'stereo':
             node.create_subscription(Image, 'right/image', self.on_right_image,
@@ -56,22 +121,26 @@ class ScaleInputs:
             node.create_subscription(CameraInfo, 'right/camera_info', self.on_right_info,
                                      qos_profile_sensor_data)
         if config.source == 'kinematics' or config.kinematics_odometry == 'kinematics':
-            self._tf_buffer = self._tf(node) if config.kinematics_frame else None
-            if self._tf_buffer is None:
+            if config.kinematics_frame:
+                self.tf = self._tf(node, config)
+            else:
                 node.create_subscription(PoseStamped, 'kinematics/pose', self.on_kinematics,
                                          qos_profile_sensor_data)
 
-    def _tf(self, node: Node) -> Any:
+    def _tf(self, node: Node, config: ScaleConfig) -> TfKinematics:
         try:
             tf2_ros = importlib.import_module('tf2_ros')
         except ImportError:
-            node.get_logger().warning(
-                'scale.kinematics_frame is set but tf2_ros is not importable: reading the '
-                'camera pose from kinematics/pose (PoseStamped) instead.')
-            return None
+            # Refused rather than silently read from a topic nobody publishes.
+            raise ConfigError(
+                f'scale.kinematics_frame is {config.kinematics_frame!r} (camera pose from TF) '
+                'but tf2_ros is not importable: install tf2_ros (ros-<distro>-tf2-ros), or '
+                'leave scale.kinematics_frame empty to read kinematics/pose '
+                '(geometry_msgs/PoseStamped).') from None
         buffer = tf2_ros.Buffer()
         self._tf_listener = tf2_ros.TransformListener(buffer, node)
-        return buffer
+        return TfKinematics(buffer, config.kinematics_base_frame, config.kinematics_frame,
+                            config.kinematics_time_offset_s, (tf2_ros.TransformException,))
 
     # ------------------------------------------------------------------ callbacks
 
@@ -134,33 +203,21 @@ class ScaleInputs:
         return StereoPair(right, baseline)
 
     def feed_kinematics(self, pipeline: Pipeline, stamp_ns: int) -> None:
-        """Hand the queued kinematic samples (or a TF lookup) to the pipeline."""
-        if self._tf_buffer is not None:
-            self._lookup_tf(pipeline, stamp_ns)
-            return
-        with self._lock:
-            samples = list(self._kinematics)
-            self._kinematics.clear()
+        """Hand the queued kinematic samples (or a TF sample for the image stamped
+        ``stamp_ns``) to the pipeline."""
+        if self.tf is not None:
+            sample = self.tf.sample(stamp_ns)
+            samples = [sample] if sample is not None else []
+        else:
+            with self._lock:
+                messages = list(self._kinematics)
+                self._kinematics.clear()
+            samples = [(stamp, conversions.pose_from_msg(pose)) for stamp, pose in messages]
         for sample_ns, pose in samples:
             try:
-                pipeline.add_kinematics(sample_ns, conversions.pose_from_msg(pose))
+                pipeline.add_kinematics(sample_ns, pose)
             except BadInputError:
                 self.bad_inputs += 1
-
-    def _lookup_tf(self, pipeline: Pipeline, stamp_ns: int) -> None:
-        target_ns = stamp_ns + round(self._config.kinematics_time_offset_s * 1e9)
-        try:
-            transform = self._tf_buffer.lookup_transform(
-                self._config.kinematics_base_frame, self._config.kinematics_frame,
-                Time(nanoseconds=target_ns))
-        except Exception:  # tf2's Lookup/Extrapolation/Connectivity errors: not yet known
-            return
-        t, q = transform.transform.translation, transform.transform.rotation
-        pose = Pose()
-        pose.position.x, pose.position.y, pose.position.z = t.x, t.y, t.z
-        pose.orientation = q
-        # Stored at the instant it describes, where the scale source looks it up.
-        pipeline.add_kinematics(target_ns, conversions.pose_from_msg(pose))
 
     def diagnostics(self, stats: ScaleStats) -> dict[str, object]:
         """``scale.*`` key-values for /diagnostics."""
@@ -175,6 +232,12 @@ class ScaleInputs:
             **{f'scale.fallbacks.{k}': n for k, n in sorted(stats.reasons.items())},
             'scale.bad_inputs': self.bad_inputs,
         }
+        if self.tf is not None:
+            values['scale.tf_misses'] = self.tf.misses
+        if stats.source == 'kinematics':
+            values['scale.kinematics_baseline_mm'] = f'{1e3 * stats.baseline_m:.2f}'
+            values['scale.matched_fraction'] = f'{stats.coverage:.3f}'
+
         if stats.source == 'stereo':
             values['scale.stereo_coverage'] = f'{stats.coverage:.3f}'
             values['scale.baseline_mm'] = (f'{1e3 * self._baseline_m:.3f}'
