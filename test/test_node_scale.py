@@ -112,7 +112,12 @@ class StereoPlayer:
             depths.append(self.wait_depth(frame.stamp_ns))
         return depths
 
-    def diagnostics_values(self, key: str) -> dict[str, str]:
+    def diagnostics_values(self, key: str, published: int = 0) -> dict[str, str]:
+        """The newest diagnostics with ``key``, once they count ``published`` frames.
+
+        Diagnostics come every 0.2 s: the newest one when the last depth arrived may
+        predate the last frames.
+        """
         def latest(msgs: list[DiagnosticArray]) -> dict[str, str] | None:
             for msg in reversed(msgs):
                 for status in msg.status:
@@ -122,7 +127,8 @@ class StereoPlayer:
 
         def has(msgs: list[DiagnosticArray]) -> bool:
             values = latest(msgs)
-            return values is not None and key in values
+            return (values is not None and key in values
+                    and int(values['frames_published']) >= published)
 
         values = latest(self.diagnostics.wait_until(has, TIMEOUT_S))
         assert values is not None
@@ -150,7 +156,7 @@ def test_stereo_scale_source_publishes_metric_depth(ros: RosTestNode) -> None:
     with node:
         player = StereoPlayer(ros, namespace, stereo=True)
         depths = player.play(frames)
-        values = player.diagnostics_values('scale.stereo_coverage')
+        values = player.diagnostics_values('scale.stereo_coverage', len(frames) + 1)
         node.assert_clean_exit()
     ratios = [median_ratio(d, f.depth) for d, f in zip(depths, frames, strict=True)]
     # The photometric prior's depth has shape errors of its own (AbsRel ~0.3 even under
@@ -171,7 +177,7 @@ def test_kinematic_scale_source_publishes_metric_depth_once_the_robot_moved(
     with node:
         player = StereoPlayer(ros, namespace, stereo=False)
         depths = player.play(frames)
-        values = player.diagnostics_values('scale.fits')
+        values = player.diagnostics_values('scale.fits', len(frames) + 1)
         node.assert_clean_exit()
     # Before the robot's track is long enough the fixed policy holds (not metric).
     assert abs(median_ratio(depths[0], frames[0].depth) - 1) > 0.3
@@ -184,7 +190,7 @@ def test_kinematic_scale_source_publishes_metric_depth_once_the_robot_moved(
     # this checks 6 %: the issue's 5 % is not reliably met on this flight.
     errors = [float(np.nanmedian(d / f.depth)) for d, f in zip(depths, frames, strict=True)]
     measured = errors[-int(values['scale.fits']):]
-    assert len(measured) >= len(frames) // 2
+    assert len(measured) >= len(frames) // 2, (values, errors)
     assert np.median(measured) == pytest.approx(1.0, abs=0.06), errors
     assert measured == [pytest.approx(1.0, abs=0.1)] * len(measured), errors
     assert values['scale.source'] == 'kinematics'
