@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+import contextlib
 import threading
 
 import pytest
 
-from endo_depth_ros.stages import StageChain
+from endo_depth_ros.stages import Stage, StageChain
 
 
 class Recorder:
@@ -26,17 +28,23 @@ class Recorder:
             self.errors.append((stage, str(err), item))
 
 
+@contextlib.contextmanager
+def running(stages: Sequence[Stage], recorder: Recorder) -> Iterator[StageChain]:
+    """A chain of ``stages`` (threads named a, b, ...), stopped cleanly afterwards."""
+    chain = StageChain(stages, 'abcdefgh'[:len(stages)], recorder.on_drop, recorder.on_error)
+    try:
+        yield chain
+    finally:
+        assert chain.stop(5.0)
+
+
 def test_every_item_passes_every_stage_in_order_when_nothing_waits() -> None:
     finished: list[int] = []
     recorder = Recorder()
-    chain = StageChain([lambda x: x * 10, lambda x: x + 1, finished.append],
-                       ['a', 'b', 'c'], recorder.on_drop, recorder.on_error)
-    try:
+    with running([lambda x: x * 10, lambda x: x + 1, finished.append], recorder) as chain:
         for i in range(20):
             chain.put(i)
             assert chain.wait_idle(5.0)
-    finally:
-        assert chain.stop(5.0)
     assert finished == [10 * i + 1 for i in range(20)]
     assert recorder.drops == [] and recorder.errors == []
 
@@ -57,9 +65,7 @@ def test_a_busy_stage_holds_the_chain_back_and_only_the_newest_waiting_item_surv
         gate.wait(5.0)
         return x
 
-    chain = StageChain([first, slow, finished.append], ['a', 'b', 'c'],
-                       recorder.on_drop, recorder.on_error)
-    try:
+    with running([first, slow, finished.append], recorder) as chain:
         chain.put(0)
         assert started.wait(5.0)  # stage b holds item 0
         chain.put(1)
@@ -69,8 +75,6 @@ def test_a_busy_stage_holds_the_chain_back_and_only_the_newest_waiting_item_surv
             chain.put(i)  # stage a may not start: the mailbox after it is full
         gate.set()
         assert chain.wait_idle(5.0)
-    finally:
-        assert chain.stop(5.0)
     assert finished == [0, 1, 5]
     assert started_items == [0, 1, 5]  # no work spent on 2..4
     assert recorder.drops == [0, 0, 0]  # 2, 3, 4 replaced in front of the first stage
@@ -80,14 +84,10 @@ def test_a_busy_stage_holds_the_chain_back_and_only_the_newest_waiting_item_surv
 def test_items_never_leave_older_than_an_earlier_one_under_load() -> None:
     finished: list[int] = []
     recorder = Recorder()
-    chain = StageChain([lambda x: x, lambda x: x, finished.append], ['a', 'b', 'c'],
-                       recorder.on_drop, recorder.on_error)
-    try:
+    with running([lambda x: x, lambda x: x, finished.append], recorder) as chain:
         for i in range(2000):
             chain.put(i)
         assert chain.wait_idle(10.0)
-    finally:
-        assert chain.stop(5.0)
     assert finished == sorted(finished)
     assert len(set(finished)) == len(finished)
     assert finished[-1] == 1999  # the newest item always gets through
@@ -103,14 +103,10 @@ def test_a_stage_that_raises_reports_the_item_and_the_chain_keeps_serving() -> N
             raise ValueError('bad frame')
         return x
 
-    chain = StageChain([picky, finished.append], ['a', 'b'], recorder.on_drop,
-                       recorder.on_error)
-    try:
+    with running([picky, finished.append], recorder) as chain:
         for i in range(6):
             chain.put(i)
             assert chain.wait_idle(5.0)
-    finally:
-        assert chain.stop(5.0)
     assert finished == [0, 1, 2, 4, 5]
     assert recorder.errors == [(0, 'bad frame', 3)]
 
@@ -118,14 +114,10 @@ def test_a_stage_that_raises_reports_the_item_and_the_chain_keeps_serving() -> N
 def test_a_stage_returning_none_ends_that_item_without_a_drop() -> None:
     finished: list[int] = []
     recorder = Recorder()
-    chain = StageChain([lambda x: x if x % 2 else None, finished.append], ['a', 'b'],
-                       recorder.on_drop, recorder.on_error)
-    try:
+    with running([lambda x: x if x % 2 else None, finished.append], recorder) as chain:
         for i in range(6):
             chain.put(i)
             assert chain.wait_idle(5.0)
-    finally:
-        assert chain.stop(5.0)
     assert finished == [1, 3, 5] and recorder.drops == []
 
 
