@@ -39,10 +39,6 @@ class RecordingReader:
             self.reader.close()
 
 
-def open_reader(path: Path) -> RecordingReader:
-    """A context manager giving an opened AnyReader of ``path``."""
-    return RecordingReader(path)
-
 
 def read_messages(reader: Any, connections: list[Any],
                   path: Path) -> Iterator[tuple[Any, int, Any]]:

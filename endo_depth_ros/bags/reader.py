@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from endo_depth_ros import encodings
-from endo_depth_ros.bags.access import describe_error, deserialize, open_reader, read_messages
+from endo_depth_ros.bags.access import RecordingReader, describe_error, deserialize, read_messages
 from endo_depth_ros.bags.layout import (
     COMPRESSED_TYPE,
     DEFAULT_SYNC_TOLERANCE_NS,
@@ -65,7 +65,7 @@ def read_recording_info(path: str | Path) -> RecordingInfo:
         view = np.asarray(data['view'], dtype=bool) if 'view' in data else None
         return RecordingInfo(check_units(units, path), view)
     units, view = 'metric', None
-    with open_reader(path) as reader:
+    with RecordingReader(path) as reader:
         wanted = [c for c in reader.connections if c.topic in (TOPIC_GT_INFO, TOPIC_VIEW)]
         if not wanted:  # (an empty selection would mean every connection to rosbags)
             return RecordingInfo()
@@ -162,7 +162,7 @@ def _read_bag(path: Path, topics: BagTopics, start: int, stop: int | None, strid
     wanted[topics.image] = 'image'
     if topics.camera_info is not None:
         wanted[topics.camera_info] = 'camera_info'
-    with open_reader(path) as reader:
+    with RecordingReader(path) as reader:
         have = {c.topic for c in reader.connections}
         for topic, kind in wanted.items():
             if topic not in have:

@@ -6,7 +6,7 @@ from dataclasses import fields
 from pathlib import Path
 import re
 
-from endo_depth_ros.bags.access import open_reader
+from endo_depth_ros.bags.access import RecordingReader
 from endo_depth_ros.bags.layout import (
     CAMERA_INFO_TYPE,
     COMPRESSED_TYPE,
@@ -48,7 +48,7 @@ def detect_topics(path: str | Path, **overrides: str | None) -> BagTopics:
     path = Path(path)
     if is_npz_folder(path):
         return npz_topics(path, overrides)
-    with open_reader(path) as reader:
+    with RecordingReader(path) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
     return _choose_topics(path, types, overrides)
 

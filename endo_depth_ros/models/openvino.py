@@ -94,6 +94,12 @@ def compiled_key(model_hash: str, shape: tuple[int, ...], precision: str,
     return f'{model_hash[:16]}_{dims}_{precision}_ov{version}_{cpu}'
 
 
+#: Changes with the way this package turns a torch model into a graph (not visible in
+#: the weights or the library versions), so that blobs compiled from an older graph are
+#: not reused: 2 = static ONNX trace, position-embedding resize as matrix products.
+GRAPH_REVISION = 'graph-2'
+
+
 def network_hash(net: Any, *extra: object) -> str:
     """SHA-256 over a torch module's tensors (names, shapes, bytes) and ``extra`` values."""
     import torch
@@ -237,7 +243,7 @@ class OpenVinoDepthModel(DepthModel):
         net = torch_model.net
         model_hash = network_hash(
             net, torch_model.name, net.input_size, getattr(net, 'resize', 'official'),
-            torch.__version__, transformers.__version__, 'onnx-trace')
+            torch.__version__, transformers.__version__, GRAPH_REVISION)
         model = cls(name=torch_model.name, output_kind=torch_model.output_kind,
                     precision=precision, model_hash=model_hash, cache_dir=cache_dir)
         model._torch_model = torch_model
