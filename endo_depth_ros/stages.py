@@ -38,18 +38,23 @@ class StageChain:
             ``stage_index`` is replaced by a newer one (called under no lock of the chain;
             with the back-pressure always 0, the first stage).
         on_error: ``on_error(stage_index, error, item)`` when a stage raises.
+        on_accepting: called (under no lock of the chain) when :meth:`accepting` may have
+            become true: a source that holds items back while the chain is busy (the
+            node's input gate) hands on its newest one then.
 
     Not a queue: at most one item waits in front of each stage.
     """
 
     def __init__(self, stages: Sequence[Stage], names: Sequence[str],
                  on_drop: Callable[[int], None],
-                 on_error: Callable[[int, Exception, Any], None]) -> None:
+                 on_error: Callable[[int, Exception, Any], None],
+                 on_accepting: Callable[[], None] | None = None) -> None:
         if not stages or len(stages) != len(names):
             raise ValueError('StageChain needs one name per stage and at least one stage.')
         self._stages = list(stages)
         self._on_drop = on_drop
         self._on_error = on_error
+        self._on_accepting = on_accepting
         self._condition = threading.Condition()
         self._slots: list[Any] = [None] * len(stages)
         self._busy = [False] * len(stages)
@@ -62,6 +67,16 @@ class StageChain:
     def put(self, item: Any) -> None:
         """Hand ``item`` to the first stage (replacing, and dropping, one still waiting)."""
         self._hand(0, item)
+
+    def accepting(self) -> bool:
+        """Whether an item :meth:`put` now would start at once (the first stage is free and
+        its result would not wait), so that it is the newest when its work starts."""
+        with self._condition:
+            return self._accepting()
+
+    def _accepting(self) -> bool:
+        return (not self._stopping and self._slots[0] is None and not self._busy[0]
+                and (len(self._slots) == 1 or self._slots[1] is None))
 
     def idle(self) -> bool:
         """Whether no item waits and no stage is working."""
@@ -111,6 +126,9 @@ class StageChain:
                     return
                 item, self._slots[index] = self._slots[index], None
                 self._busy[index] = True
+                wake = index == 1 and self._accepting()
+            if wake:
+                self._notify_accepting()
             try:
                 result = stage(item)
             except Exception as err:  # a stage's bug must not stop the chain
@@ -121,3 +139,10 @@ class StageChain:
             with self._condition:
                 self._busy[index] = False
                 self._condition.notify_all()
+                wake = index == 0 and self._accepting()
+            if wake:
+                self._notify_accepting()
+
+    def _notify_accepting(self) -> None:
+        if self._on_accepting is not None:
+            self._on_accepting()

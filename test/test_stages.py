@@ -146,3 +146,42 @@ def test_a_chain_needs_one_name_per_stage() -> None:
     recorder = Recorder()
     with pytest.raises(ValueError, match='one name per stage'):
         StageChain([lambda x: x], ['a', 'b'], recorder.on_drop, recorder.on_error)
+
+
+def test_the_chain_accepts_only_when_an_item_would_start_at_once_and_says_when_it_does(
+) -> None:
+    """``accepting`` is what the node's input gate waits for: the first stage free and its
+    result not held back by the second; ``on_accepting`` fires when that becomes true."""
+    release = [threading.Event(), threading.Event()]
+    started = [threading.Event(), threading.Event()]
+    wakes = threading.Semaphore(0)
+    recorder = Recorder()
+
+    def stage(index: int) -> Stage:
+        def run(x: int) -> int:
+            started[index].set()
+            assert release[index].wait(5.0)
+            return x
+        return run
+
+    chain = StageChain([stage(0), stage(1)], 'ab', recorder.on_drop, recorder.on_error,
+                       on_accepting=wakes.release)
+    try:
+        assert chain.accepting()
+        chain.put(1)
+        assert started[0].wait(5.0)
+        assert not chain.accepting()  # the first stage is busy with item 1
+        release[0].set()
+        assert started[1].wait(5.0)  # item 1 moved on: the first stage is free again
+        assert wakes.acquire(timeout=5.0)
+        assert chain.accepting()
+        chain.put(2)  # waits for, or passes, the first stage, then waits for the second
+        assert not chain.accepting()
+        release[1].set()
+        assert chain.wait_idle(5.0)
+        assert chain.accepting()
+    finally:
+        release[0].set()
+        release[1].set()
+        assert chain.stop(5.0)
+    assert recorder.drops == [] and recorder.errors == []

@@ -2,8 +2,10 @@
 
 For each image size x publisher reliability x subscription QoS x middleware setting, a
 publisher process sends ``--frames`` rgb8 images at ``--rate`` Hz and a receiver process
-counts what arrives with the subscription QoS (``node``: the node's default input QoS,
-:func:`endo_depth_ros.ros.qos.input_qos`). Both are separate processes, as a camera
+counts what arrives with the subscription QoS (``node``: reliable, keep last 10,
+:func:`endo_depth_ros.ros.qos.input_qos`, every frame taken: what reaches the node's
+process; the node itself takes only the newest, ``ros/input_gate``, and counts the
+others as dropped). Both are separate processes, as a camera
 driver and the node are, so the middleware takes its inter-process path (UDP or shared
 memory), and each pair gets a fresh middleware set-up.
 
@@ -153,7 +155,7 @@ def _describe_subscription(name: str) -> str:
     if name != 'node':
         reliability, _, depth = name.partition('@')
         return f'{reliability}, keep_last {depth or qos.INPUT_DEPTH}'
-    return f'node default ({qos.describe(qos.input_qos())})'
+    return f'node input ({qos.describe(qos.input_qos())})'
 
 
 def _middleware_env(name: str, frame_bytes: int, args: argparse.Namespace,

@@ -34,6 +34,8 @@ class Tick:
         input_rate_hz, output_rate_hz: images received / frames published per second.
         received, processed, published, dropped, idle: totals since start (dropped: an
             unprocessed image replaced by a newer one; idle: skipped, nobody subscribed).
+        untaken: of ``dropped``, the images replaced in the subscription's queue, never
+            copied into the node (``ros/input_gate``).
         lost: images the middleware reports as lost before reaching the node (total).
         new_dropped, new_idle, new_processed: the same counts since the previous report.
         rejected: rejected inputs by reason, totals.
@@ -50,6 +52,7 @@ class Tick:
     dropped: int
     idle: int
     lost: int
+    untaken: int
     new_dropped: int
     new_idle: int
     new_processed: int
@@ -69,6 +72,7 @@ class FrameStats:
     dropped: int = 0
     idle: int = 0
     lost: int = 0
+    untaken: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_HISTORY))
     stage_ms: dict[str, deque[float]] = field(default_factory=dict)
@@ -95,7 +99,7 @@ class FrameStats:
             input_rate_hz=(self.received - received0) / elapsed,
             output_rate_hz=(self.published - published0) / elapsed,
             received=self.received, processed=self.processed, published=self.published,
-            dropped=self.dropped, idle=self.idle, lost=self.lost,
+            dropped=self.dropped, idle=self.idle, lost=self.lost, untaken=self.untaken,
             new_dropped=self.dropped - dropped0,
             new_idle=self.idle - idle0, new_processed=self.processed - processed0,
             rejected=dict(self.rejected),
@@ -145,6 +149,7 @@ def values(tick: Tick) -> dict[str, object]:
         'frames_processed': tick.processed,
         'frames_published': tick.published,
         'frames_dropped': tick.dropped,
+        'frames_dropped_untaken': tick.untaken,
         'frames_skipped_no_subscribers': tick.idle,
         'frames_lost_in_transport': tick.lost,
         'inputs_rejected': sum(tick.rejected.values()),

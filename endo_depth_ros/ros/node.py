@@ -66,6 +66,7 @@ from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile
 from rclpy.qos_overriding_options import InvalidQosOverridesError
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from endo_depth_ros.cli.common import EXIT_USAGE
@@ -75,6 +76,7 @@ from endo_depth_ros.models import DepthModel
 from endo_depth_ros.pipeline import FrameResult, Pipeline, PreparedFrame, is_video_model
 from endo_depth_ros.resolution import upsample_depth
 from endo_depth_ros.ros import conversions, diagnostics, qos
+from endo_depth_ros.ros.input_gate import InputGate, ReplacedFrames
 from endo_depth_ros.ros.parameters import (
     OWN_PREFIXES,
     NodeSettings,
@@ -183,6 +185,8 @@ class DepthNode(Node):
         self._info_matched = False
         self._info_fallback = False
         self._stats = diagnostics.FrameStats()
+        self._replaced = ReplacedFrames()
+        self._lost_at_take = 0
         self._warned: dict[str, float] = {}
         self._backwards = 0
         # Stamp of the last processed frame, and of the last one dropped as a jump ahead.
@@ -218,7 +222,8 @@ class DepthNode(Node):
                       if pipelined else [self._whole_stage])
             names = (['endo_depth_prepare', 'endo_depth_complete', 'endo_depth_publish']
                      if pipelined else ['endo_depth_worker'])
-            self._chain = StageChain(stages, names, self._on_stage_drop, self._on_stage_error)
+            self._chain = StageChain(stages, names, self._on_stage_drop, self._on_stage_error,
+                                     on_accepting=self._wake_executor)
             self.get_logger().debug(f'Processing threads: {", ".join(names)}.')
 
     # ------------------------------------------------------------------ set-up
@@ -278,16 +283,18 @@ class DepthNode(Node):
                 f'Publishing {pub.topic_name} ({qos.describe(pub.qos_profile)}).')
 
     def _create_subscriptions(self) -> None:
-        in_qos = qos.input_qos()
         image_type: type = CompressedImage if self._settings.use_compressed else Image
         image_topic = 'image/compressed' if self._settings.use_compressed else 'image'
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_image_qos,
                                             message_lost=self._on_image_lost)
+        # Images are taken only when the first stage can start on one (see input_gate).
         self._image_sub = self._with_qos_overrides(
-            self.create_subscription, image_type, image_topic, in_qos, self.on_image,
-            event_callbacks=events)
+            self.create_subscription, image_type, image_topic, qos.image_qos(),
+            self._take_image, event_callbacks=events,
+            callback_group=InputGate(self._accepting_images))
         self._info_sub = self._with_qos_overrides(
-            self.create_subscription, CameraInfo, 'camera_info', in_qos, self.on_camera_info)
+            self.create_subscription, CameraInfo, 'camera_info', qos.input_qos(),
+            self.on_camera_info)
         # Resolved names (namespace and remapping applied): what a user finds in `ros2 topic`.
         self._image_topic = self._image_sub.topic_name
         self._info_topic = self._info_sub.topic_name
@@ -368,13 +375,40 @@ class DepthNode(Node):
 
     # ------------------------------------------------------------------ callbacks
 
-    def on_image(self, msg: Image | CompressedImage) -> None:
-        """Subscription callback: hand the image to the processing threads (newest wins)."""
+    def on_image(self, msg: Image | CompressedImage, info: MessageInfo | None = None) -> None:
+        """Hand the image to the processing threads (newest wins).
+
+        Args:
+            msg: the image.
+            info: its message info; the frames its publisher sent since the last one taken
+                and that the subscription's history replaced are counted as received and
+                dropped (newest frame first).
+        """
         with self._lock:
-            self._stats.received += 1
+            lost = self._stats.lost
+            replaced = self._replaced.replaced(info, lost - self._lost_at_take)
+            self._lost_at_take = lost
+            self._stats.received += 1 + replaced
+            self._stats.dropped += replaced
+            self._stats.untaken += replaced
             self._stats.last_input = time.monotonic()
         if self._chain is not None:
             self._chain.put(msg)
+
+    def _take_image(self, msg: Image | CompressedImage, info: MessageInfo) -> None:
+        """Subscription callback (with the message info: rclpy passes it to two-argument
+        callbacks)."""
+        self.on_image(msg, info)
+
+    def _accepting_images(self) -> bool:
+        """Whether a new image would start processing rather than wait (InputGate)."""
+        return self._chain is None or self._chain.accepting()
+
+    def _wake_executor(self) -> None:
+        """The first stage took its frame: let the executor take the newest image."""
+        executor = self.executor
+        if executor is not None:
+            executor.wake()
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         """Subscription callback: remember recent camera infos for pairing by stamp."""

@@ -9,12 +9,15 @@ line, with the resolved (remapped) topic name::
 Defaults, chosen from the delivery measurements of ``endo-depth-bench qos`` (README,
 "QoS and HD video"):
 
-- inputs (``image``, ``image/compressed``, ``camera_info``): reliable, keep last 2. A
-  best-effort subscription receives big frames only partly on a default Fast DDS
-  install (a 1280x720 rgb8 frame is ~150 UDP fragments and one lost fragment loses the
-  frame); a reliable one receives every frame from a reliable publisher. Drivers that
-  publish best effort (sensor-data QoS) need the override above: the node warns once,
-  naming the parameter, when such a publisher is seen.
+- inputs: reliable. A best-effort subscription receives big frames only partly on a
+  default Fast DDS install (a 1280x720 rgb8 frame is ~150 UDP fragments and one lost
+  fragment loses the frame); a reliable one receives every frame from a reliable
+  publisher. Drivers that publish best effort (sensor-data QoS) need the override above:
+  the node warns once, naming the parameter, when such a publisher is seen.
+  ``camera_info`` keeps the last 10 (paired with images by stamp). ``image`` and
+  ``image/compressed`` keep the last 1: the node takes an image only when it can start
+  on it, so the middleware keeps the newest and replaces older ones, which the node
+  counts as dropped from the publisher's sequence numbers (``ros/input_gate``).
 - outputs: reliable, keep last ``outputs.queue_depth``; ``/diagnostics`` keep last 10.
 
 Queues stay bounded: ``keep_all`` and depths above :data:`MAX_DEPTH` are refused at
@@ -38,9 +41,20 @@ MAX_DEPTH = 100
 INPUT_DEPTH = 10
 
 
+#: History depth of the image subscription: the newest frame only (``ros/input_gate``).
+IMAGE_DEPTH = 1
+
+
 def input_qos() -> QoSProfile:
-    """Default QoS of the image and camera_info subscriptions (see the module docstring)."""
+    """Default QoS of the camera_info (and right camera, pose) subscriptions."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=INPUT_DEPTH,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def image_qos() -> QoSProfile:
+    """Default QoS of the image subscription: reliable, keep last 1 (see the module)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=IMAGE_DEPTH,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
 
