@@ -149,7 +149,9 @@ def _run_live(args: argparse.Namespace, sizes: list[tuple[int, int]],
                     'published frames/s': result.published_hz,
                     'node received': result.received, 'node dropped': result.dropped,
                     'lost in transport': result.lost, 'rejected': result.rejected,
-                    'node cpu ms/frame': result.node_cpu_ms, 'node cores': result.node_cores,
+                    'node cpu ms/frame': result.node_cpu_ms,
+                    'node page faults/frame': result.node_faults,
+                    'node cores': result.node_cores,
                     'camera+consumer cores': result.bench_cores,
                     'latency p50 ms': result.latency_p50_ms, 'node stage wall ms': stages})
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else math.nan

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 import contextlib
+import ctypes
 from dataclasses import dataclass, field, fields
 import importlib
 import math
@@ -869,6 +870,31 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+#: glibc's ``mallopt`` options and the values the node sets (bytes): buffers up to 32 MB
+#: come from the heap, and up to 128 MB of freed heap stays mapped.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+FRAME_HEAP_MAX_BYTES = 32 << 20
+FREED_HEAP_KEPT_BYTES = 128 << 20
+
+
+def _reuse_freed_frame_memory() -> None:
+    """Let big per-frame buffers reuse freed memory instead of fresh pages (glibc only).
+
+    By default glibc serves each 6 MB HD message (and each output) with a new memory
+    mapping and unmaps it when freed, so the kernel zero-fills ~1500 pages per frame:
+    taking one 1920x1080 image cost 450-600 page faults and ~30 % more CPU than with
+    these settings (measured with rclpy takes of 6 MB messages). Elsewhere (musl, macOS)
+    this does nothing.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, FRAME_HEAP_MAX_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, FREED_HEAP_KEPT_BYTES)
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the node until Ctrl-C/SIGTERM; returns the process exit code.
 
@@ -877,6 +903,7 @@ def main(args: list[str] | None = None) -> int:
     line; 128 + the signal number when a second Ctrl-C/SIGTERM arrives while the node
     is still finishing its current frame (it then exits at once).
     """
+    _reuse_freed_frame_memory()
     try:
         rclpy.init(args=args)
     except Exception as err:  # RCLError from bad --ros-args: params file, log level, ...

@@ -52,6 +52,8 @@ class Throughput:
         received, dropped, lost, rejected: the node's counters over the window (frames
             received, dropped by a busy stage, lost in transport, rejected inputs).
         node_cpu_ms: CPU time of the node process per published frame (ms).
+        node_faults: minor page faults of the node process per published frame (memory
+            the kernel had to map in: big buffers allocated afresh for every frame).
         node_cores: CPU time of the node process per second of wall time.
         bench_cores: the same for this process (camera + consumer).
         latency_p50_ms: the node's median stamp-to-publish latency (ms).
@@ -65,6 +67,7 @@ class Throughput:
     lost: int
     rejected: int
     node_cpu_ms: float
+    node_faults: float
     node_cores: float
     bench_cores: float
     latency_p50_ms: float
@@ -175,6 +178,7 @@ class _Run:
             published = self.published
         return {'wall': time.monotonic(), 'sent': sent, 'published': published,
                 'node_cpu': _process_cpu_s(self.node.process.pid),
+                'node_faults': _process_minor_faults(self.node.process.pid),
                 'bench_cpu': time.process_time(), 'status': status}
 
 
@@ -192,6 +196,8 @@ def _difference(before: dict[str, Any], after: dict[str, Any]) -> Throughput:
         received=delta('frames_received'), dropped=delta('frames_dropped'),
         lost=delta('frames_lost_in_transport'), rejected=delta('inputs_rejected'),
         node_cpu_ms=1e3 * node_cpu / published if published else math.inf,
+        node_faults=((after['node_faults'] - before['node_faults']) / published
+                     if published else math.inf),
         node_cores=node_cpu / wall, bench_cores=(after['bench_cpu'] - before['bench_cpu']) / wall,
         latency_p50_ms=float(a.get('latency_p50_ms', 'nan')),
         stage_ms={key.removeprefix('time_ms.'): float(value) for key, value in a.items()
@@ -200,13 +206,26 @@ def _difference(before: dict[str, Any], after: dict[str, Any]) -> Throughput:
 
 def _process_cpu_s(pid: int) -> float:
     """User + system CPU time (s) of process ``pid`` and its threads (Linux /proc)."""
-    try:
-        with open(f'/proc/{pid}/stat') as stat:
-            fields = stat.read().rsplit(')', 1)[1].split()
-    except OSError:
+    fields = _proc_stat(pid)
+    if not fields:
         return math.nan
     # Fields 14 and 15 of proc(5) (utime, stime), counted after the ")" of the name.
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def _process_minor_faults(pid: int) -> float:
+    """Minor page faults of process ``pid`` so far (Linux /proc; field 10 of proc(5))."""
+    fields = _proc_stat(pid)
+    return float(fields[7]) if fields else math.nan
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the process name (empty: unreadable)."""
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            return stat.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return []
 
 
 def _ignore(_msg: bytes) -> None:
