@@ -406,7 +406,7 @@ class DepthNode(Node):
         return self._chain is None or self._chain.accepting()
 
     def _wake_executor(self) -> None:
-        """The first stage took its frame: let the executor take the newest image."""
+        """The stages can start a frame at once: let the executor take the newest image."""
         executor = self.executor
         if executor is not None:
             executor.wake()
