@@ -15,7 +15,10 @@ time per frame (middleware threads included).
 
 ``--live``: end to end (``endo_depth_ros.ros.throughput``): the node in its own process
 with its threads (pipelined or not), a camera publishing at ``--rate`` Hz and every
-output subscribed; frames/s published, the node's drops and its CPU per frame.
+output subscribed; frames/s published, the node's drops (and how many of them the
+middleware replaced before the node took them), its CPU and page faults per frame;
+``--middleware`` repeats it with the Fast DDS profiles of ``endo-depth-bench qos``
+(shared memory, big UDP buffers) in the node and the camera alike.
 
 ``dav2-s`` runs Depth Anything V2 ViT-S with random weights (the cost does not depend
 on the weights; none can be downloaded here).
@@ -25,10 +28,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import math
 import os
+from pathlib import Path
 import random
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -41,6 +47,7 @@ from endo_depth_ros.bench import (
     print_table,
     random_weights_model,
 )
+from endo_depth_ros.bench.qos import MIDDLEWARES, middleware_env
 from endo_depth_ros.errors import ConfigError
 from endo_depth_ros.models import DepthModel, load
 from endo_depth_ros.resolution import ResolutionConfig
@@ -80,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(default: %(default)s)')
     parser.add_argument('--pipelined', default='true,false',
                         help='--live: comma-separated input.pipelined values, one row each '
+                             '(default: %(default)s)')
+    parser.add_argument('--middleware', default='default',
+                        help='--live: comma-separated middleware settings of the node and the '
+                             'camera, one row each: default, shm (Fast DDS shared memory with '
+                             'a segment for --shm-frames frames), udp-buffers (4 MB socket '
+                             'buffers); see endo-depth-bench qos (default: %(default)s)')
+    parser.add_argument('--shm-frames', type=int, default=4,
+                        help='--live --middleware shm: frames the segment holds '
                              '(default: %(default)s)')
     parser.add_argument('--max-sizes', default='default',
                         help='comma-separated working size limits, each WIDTHxHEIGHT, 0 (no '
@@ -127,33 +142,39 @@ def _run_live(args: argparse.Namespace, sizes: list[tuple[int, int]],
     choices = [text.strip().lower() for text in args.pipelined.split(',')]
     if not set(choices) <= {'true', 'false'}:
         raise ConfigError(f'--pipelined takes true and/or false, got {args.pipelined!r}.')
+    middlewares = [text.strip() for text in args.middleware.split(',') if text.strip()]
+    if not middlewares or not set(middlewares) <= set(MIDDLEWARES) or args.shm_frames < 1:
+        raise ConfigError(f'--middleware takes {", ".join(MIDDLEWARES)} (got '
+                          f'{args.middleware!r}) and --shm-frames must be >= 1.')
     rows: list[dict[str, object]] = []
-    for width, height in sizes:
-        frame = next(iter(render_sequence(SynthConfig(width=width, height=height, frames=1))))
-        for limit in limits:
-            for pipelined in choices:
-                parameters: dict[str, Any] = {'alignment.mode': args.align,
-                                              'input.pipelined': pipelined == 'true'}
-                if limit is not None:
-                    parameters.update({'input.max_width': limit[0],
-                                       'input.max_height': limit[1]})
-                result = throughput.measure(frame.rgb, frame.intrinsics, parameters,
-                                            rate_hz=args.rate, seconds=args.seconds)
-                working = ResolutionConfig(*(limit or (ResolutionConfig().max_width,
-                                                       ResolutionConfig().max_height)))
-                stages = ', '.join(f'{k} {v:.1f}' for k, v in sorted(result.stage_ms.items()))
-                rows.append({
-                    'size': f'{width}x{height}',
-                    'working size': '{}x{}'.format(*working.working_size(width, height)),
-                    'pipelined': pipelined, 'camera Hz': result.sent_hz,
-                    'published frames/s': result.published_hz,
-                    'node received': result.received, 'node dropped': result.dropped,
-                    'lost in transport': result.lost, 'rejected': result.rejected,
-                    'node cpu ms/frame': result.node_cpu_ms,
-                    'node page faults/frame': result.node_faults,
-                    'node cores': result.node_cores,
-                    'camera+consumer cores': result.bench_cores,
-                    'latency p50 ms': result.latency_p50_ms, 'node stage wall ms': stages})
+    with tempfile.TemporaryDirectory(prefix='endo_depth_node_bench_') as tmp:
+        for (width, height), limit, pipelined, middleware in itertools.product(
+                sizes, limits, choices, middlewares):
+            frame = next(iter(render_sequence(SynthConfig(width=width, height=height,
+                                                          frames=1))))
+            parameters: dict[str, Any] = {'alignment.mode': args.align,
+                                          'input.pipelined': pipelined == 'true'}
+            if limit is not None:
+                parameters.update({'input.max_width': limit[0], 'input.max_height': limit[1]})
+            env = middleware_env(middleware, width * height * 3, args.shm_frames, Path(tmp))
+            result = throughput.measure(frame.rgb, frame.intrinsics, parameters,
+                                        rate_hz=args.rate, seconds=args.seconds, env=env)
+            working = ResolutionConfig(*(limit or (ResolutionConfig().max_width,
+                                                   ResolutionConfig().max_height)))
+            stages = ', '.join(f'{k} {v:.1f}' for k, v in sorted(result.stage_ms.items()))
+            rows.append({
+                'size': f'{width}x{height}',
+                'working size': '{}x{}'.format(*working.working_size(width, height)),
+                'pipelined': pipelined, 'middleware': middleware, 'camera Hz': result.sent_hz,
+                'published frames/s': result.published_hz,
+                'node received': result.received, 'node dropped': result.dropped,
+                'untaken (of dropped)': result.untaken,
+                'lost in transport': result.lost, 'rejected': result.rejected,
+                'node cpu ms/frame': result.node_cpu_ms,
+                'node page faults/frame': result.node_faults,
+                'node cores': result.node_cores,
+                'camera+consumer cores': result.bench_cores,
+                'latency p50 ms': result.latency_p50_ms, 'node stage wall ms': stages})
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else math.nan
     print_table(f'node over real topics, {args.seconds:g} s at {args.rate:g} Hz after a 2 s '
                 f'warm-up (alignment {args.align}, every output subscribed; load average '

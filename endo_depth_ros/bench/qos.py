@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
         for width, height in sizes:
             for middleware in middlewares:
                 env = {'ROS_DOMAIN_ID': domain,
-                       **_middleware_env(middleware, width * height * 3, args, Path(tmp))}
+                       **middleware_env(middleware, width * height * 3, args.shm_frames, Path(tmp))}
                 for publisher in publishers:
                     for subscription in subscriptions:
                         sent, received, matched = _measure(
@@ -158,14 +158,16 @@ def _describe_subscription(name: str) -> str:
     return f'node input ({qos.describe(qos.input_qos())})'
 
 
-def _middleware_env(name: str, frame_bytes: int, args: argparse.Namespace,
-                    tmp: Path) -> dict[str, str]:
+def middleware_env(name: str, frame_bytes: int, shm_frames: int,
+                   tmp: Path) -> dict[str, str]:
+    """Environment of both processes for middleware setting ``name`` (see the module),
+    its XML profile written under ``tmp``."""
     if name == 'default':
         return {}
     path = tmp / f'{name}_{frame_bytes}.xml'
     if name == 'shm':
         # Room for a few frames plus headers; Fast DDS refuses segments it cannot map.
-        segment = max(frame_bytes * args.shm_frames + (1 << 20), 1 << 20)
+        segment = max(frame_bytes * shm_frames + (1 << 20), 1 << 20)
         path.write_text(_SHM_PROFILE.format(segment=segment))
     else:
         path.write_text(_UDP_PROFILE.format(buffer=4 * 1024 * 1024))

@@ -12,6 +12,8 @@ consumer), both sharing the machine's cores with the node.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
 from dataclasses import dataclass
 import math
 import os
@@ -51,6 +53,8 @@ class Throughput:
         published_hz: depth images received by the consumer per second.
         received, dropped, lost, rejected: the node's counters over the window (frames
             received, dropped by a busy stage, lost in transport, rejected inputs).
+        untaken: of ``dropped``, the frames the middleware replaced before the node took
+            them (never copied into the node).
         node_cpu_ms: CPU time of the node process per published frame (ms).
         node_faults: minor page faults of the node process per published frame (memory
             the kernel had to map in: big buffers allocated afresh for every frame).
@@ -64,6 +68,7 @@ class Throughput:
     published_hz: float
     received: int
     dropped: int
+    untaken: int
     lost: int
     rejected: int
     node_cpu_ms: float
@@ -75,8 +80,13 @@ class Throughput:
 
 
 def measure(rgb: np.ndarray, intrinsics: Intrinsics, parameters: dict[str, Any], *,
-            rate_hz: float, seconds: float, warmup_s: float = 2.0) -> Throughput:
+            rate_hz: float, seconds: float, warmup_s: float = 2.0,
+            env: dict[str, str] | None = None) -> Throughput:
     """Run a node with ``parameters`` and feed it ``rgb`` at ``rate_hz``; see the module.
+
+    ``env``: extra environment of the node and of this process's camera and consumer
+    (e.g. a middleware profile, ``endo_depth_ros.bench.qos.middleware_env``); it is set
+    while they start and restored afterwards.
 
     Raises:
         EndoDepthError: the node exited, or no frame came back within
@@ -88,8 +98,30 @@ def measure(rgb: np.ndarray, intrinsics: Intrinsics, parameters: dict[str, Any],
     for name, value in parameters.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
         args += ['-p', f'{name}:={text}']
-    with NodeProcess(args, name='The node') as node, SpinningNode('endo_depth_camera') as bench:
+    with _environment(env or {}):
+        node = NodeProcess(args, name='The node')
+        try:
+            bench = SpinningNode('endo_depth_camera')  # its middleware reads the environment
+        except BaseException:
+            node.close()
+            raise
+    with node, bench:
         return _Run(bench, node, namespace, rgb, intrinsics).measure(rate_hz, seconds, warmup_s)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside the block, restored after it."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _Run:
@@ -194,6 +226,7 @@ def _difference(before: dict[str, Any], after: dict[str, Any]) -> Throughput:
     return Throughput(
         sent_hz=(after['sent'] - before['sent']) / wall, published_hz=published / wall,
         received=delta('frames_received'), dropped=delta('frames_dropped'),
+        untaken=delta('frames_dropped_untaken'),
         lost=delta('frames_lost_in_transport'), rejected=delta('inputs_rejected'),
         node_cpu_ms=1e3 * node_cpu / published if published else math.inf,
         node_faults=((after['node_faults'] - before['node_faults']) / published
