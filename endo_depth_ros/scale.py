@@ -247,6 +247,7 @@ class StereoDepth:
     def __init__(self, config: ScaleConfig) -> None:
         self.config = config
         disparities = 16 * math.ceil(config.stereo_max_disparity_px / 16)
+        self._pad = disparities
         block = config.stereo_block_size
         self._matcher = cv2.StereoSGBM.create(
             minDisparity=0, numDisparities=disparities, blockSize=block,
@@ -280,7 +281,15 @@ class StereoDepth:
                             interpolation=cv2.INTER_AREA)
         grey_r = cv2.resize(cv2.cvtColor(right, cv2.COLOR_RGB2GRAY), size,
                             interpolation=cv2.INTER_AREA)
-        disparity = self._matcher.compute(grey_l, grey_r).astype(np.float32) / 16.0
+        # SGBM leaves the left numDisparities columns unmatched (30 % of a 160 px view):
+        # padding both views on the left measures them. Without it, the photometric
+        # prior's p95 scale error on the synthetic flight was 7.5 % instead of 4.8 %
+        # (its shape error there differs from the rest of the view).
+        pad = self._pad
+        disparity = self._matcher.compute(
+            cv2.copyMakeBorder(grey_l, 0, 0, pad, 0, cv2.BORDER_REPLICATE),
+            cv2.copyMakeBorder(grey_r, 0, 0, pad, 0, cv2.BORDER_REPLICATE),
+        )[:, pad:].astype(np.float32) / 16.0
         usable = (disparity > 0.5) & usable_pixels(grey_l, self.config.stereo_min_texture)
         fx = intrinsics.fx * size[0] / width
         inverse = np.full(disparity.shape, np.nan, np.float32)

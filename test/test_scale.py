@@ -71,6 +71,12 @@ def test_semi_global_matching_measures_the_rendered_pair_in_metres() -> None:
     assert measured.mean() > 0.4
     ratio = (1.0 / inverse[measured]) / truth[measured]
     assert np.median(ratio) == pytest.approx(1.0, abs=0.03)
+    # The left strip SGBM does not search by itself (its disparity range) is measured
+    # too, as accurately.
+    strip = measured[:, :ScaleConfig().stereo_max_disparity_px]
+    assert strip.mean() > 0.4
+    left = (1.0 / inverse[:, :strip.shape[1]][strip]) / truth[:, :strip.shape[1]][strip]
+    assert np.median(left) == pytest.approx(1.0, abs=0.03)
 
 
 def test_stereo_pipeline_is_metric_and_depth_cloud_and_pose_share_the_scale() -> None:
