@@ -3,7 +3,7 @@
 A rendered stereo flight is played into the node with ``scale.source: stereo`` (left and
 right images and camera_infos) or ``kinematics`` (the robot's camera pose on
 ``kinematics/pose``); the published depth must be metric: its median within 5 % of the
-true depth's (stereo, over the frames; single frames within 10 %); with kinematics, the
+true depth's (stereo, over the frames; each frame's scale within 5 %); with kinematics, the
 depth / truth median within 5 % over the frames once the robot's track is long enough,
 single frames within 10 % (the fixed guess: ~50 % off). Without tf2_ros, a TF
 kinematic input is refused at start-up.
@@ -159,10 +159,14 @@ def test_stereo_scale_source_publishes_metric_depth(ros: RosTestNode) -> None:
         values = player.diagnostics_values('scale.stereo_coverage', len(frames) + 1)
         node.assert_clean_exit()
     ratios = [median_ratio(d, f.depth) for d, f in zip(depths, frames, strict=True)]
-    # The photometric prior's depth has shape errors of its own (AbsRel ~0.3 even under
-    # per-frame median scaling), which move single frames' medians by a few percent.
     assert abs(np.median(ratios) - 1) < 0.05, ratios
-    assert all(abs(r - 1) < 0.1 for r in ratios), ratios
+    # Each frame's scale within 5 % of the truth (the per-frame oracle's: the median of
+    # depth / true depth). The ratio of the two medians above also carries the
+    # photometric prior's shape error (AbsRel ~0.3 even under per-frame median
+    # scaling): on this flight it reaches 12 % on single frames where the scale is
+    # within 3.2 %.
+    errors = [float(np.nanmedian(d / f.depth)) for d, f in zip(depths, frames, strict=True)]
+    assert errors == [pytest.approx(1.0, abs=0.05)] * len(errors), errors
     assert values['scale.source'] == 'stereo'
     assert int(values['scale.fits']) >= len(frames) // 2
     assert float(values['scale.stereo_coverage']) > 0.2
