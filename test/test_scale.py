@@ -243,7 +243,7 @@ def test_kinematic_scale_is_measured_on_the_published_depth_once_the_robot_moved
                                 None)
         if scale.stats.measured:
             measured.append(float(np.nanmedian(metric / frame.depth)))
-    # No measurement before the track covers a sixth of the smoothing span; the first
+    # No measurement before the track covers a fifth of the smoothing span; the first
     # ones rest on a few noisy samples (0.2 mm here), later ones on more.
     assert scale.stats.reasons[NOT_ENOUGH_MOTION] >= 2
     assert len(measured) >= 5
