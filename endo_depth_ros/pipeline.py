@@ -242,7 +242,8 @@ class Pipeline:
         alignment = alignment_for_model(self.model, self.config)
         self.aligner = TemporalAligner(alignment)
         self.odometry = VisualOdometry(self.config.odometry)
-        self.scale = MetricScale(self.config.scale)
+        self.scale = MetricScale(self.config.scale,
+                                 affine=self.model.output_kind == 'relative_disparity')
         self.field_of_view = FieldOfView(self.config.field_of_view)
         self._windowed = alignment.mode == 'window'
         # Window mode: a stream aligner gives each frame a depth on arrival (for odometry).

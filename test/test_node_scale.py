@@ -3,8 +3,8 @@
 A rendered stereo flight is played into the node with ``scale.source: stereo`` (left and
 right images and camera_infos) or ``kinematics`` (the robot's camera pose on
 ``kinematics/pose``); the published depth must be metric: its median within 5 % of the
-true depth's (stereo, over the frames; single frames within 10 %); with kinematics, the
-depth / truth median within 6 % over the frames once the robot's track is long enough,
+true depth's (stereo, over the frames; each frame's scale within 5 %); with kinematics, the
+depth / truth median within 5 % over the frames once the robot's track is long enough,
 single frames within 10 % (the fixed guess: ~50 % off). Without tf2_ros, a TF
 kinematic input is refused at start-up.
 """
@@ -159,10 +159,14 @@ def test_stereo_scale_source_publishes_metric_depth(ros: RosTestNode) -> None:
         values = player.diagnostics_values('scale.stereo_coverage', len(frames) + 1)
         node.assert_clean_exit()
     ratios = [median_ratio(d, f.depth) for d, f in zip(depths, frames, strict=True)]
-    # The photometric prior's depth has shape errors of its own (AbsRel ~0.3 even under
-    # per-frame median scaling), which move single frames' medians by a few percent.
     assert abs(np.median(ratios) - 1) < 0.05, ratios
-    assert all(abs(r - 1) < 0.1 for r in ratios), ratios
+    # Each frame's scale within 5 % of the truth (the per-frame oracle's: the median of
+    # depth / true depth). The ratio of the two medians above also carries the
+    # photometric prior's shape error (AbsRel ~0.3 even under per-frame median
+    # scaling): on this flight it reaches 12 % on single frames where the scale is
+    # within 3.2 %.
+    errors = [float(np.nanmedian(d / f.depth)) for d, f in zip(depths, frames, strict=True)]
+    assert errors == [pytest.approx(1.0, abs=0.05)] * len(errors), errors
     assert values['scale.source'] == 'stereo'
     assert int(values['scale.fits']) >= len(frames) // 2
     assert float(values['scale.stereo_coverage']) > 0.2
@@ -181,17 +185,14 @@ def test_kinematic_scale_source_publishes_metric_depth_once_the_robot_moved(
         node.assert_clean_exit()
     # Before the robot's track is long enough the fixed policy holds (not metric).
     assert abs(median_ratio(depths[0], frames[0].depth) - 1) > 0.3
-    # From then on the scale is measured on each published depth (motion stereo with
-    # the robot's baseline length): the depth / truth median within 5 % over the
-    # measured frames, each within 10 % (this small, fast flight - 160 px, 45 mm/s -
-    # drifts to +8 % at its end: the straight-line fit of the robot's track lags its
-    # changes of speed, measured 1-7 % even with exact kinematics). The median over the
-    # frames was 1.03-1.053 between runs (the kinematic samples race the images), so
-    # this checks 6 %: the issue's 5 % is not reliably met on this flight.
+    # From then on the scale is measured on the published depth (motion stereo with the
+    # robot's baseline length, every kinematics_every-th frame, a disparity shift for
+    # this relative model): the depth / truth median within 5 % over the measured
+    # frames, each within 10 %.
     errors = [float(np.nanmedian(d / f.depth)) for d, f in zip(depths, frames, strict=True)]
-    measured = errors[-int(values['scale.fits']):]
+    measured = errors[-(int(values['scale.fits']) + int(values['scale.held'])):]
     assert len(measured) >= len(frames) // 2, (values, errors)
-    assert np.median(measured) == pytest.approx(1.0, abs=0.06), errors
+    assert np.median(measured) == pytest.approx(1.0, abs=0.05), errors
     assert measured == [pytest.approx(1.0, abs=0.1)] * len(measured), errors
     assert values['scale.source'] == 'kinematics'
     assert values['scale.measured'] == 'True'

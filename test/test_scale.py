@@ -71,10 +71,17 @@ def test_semi_global_matching_measures_the_rendered_pair_in_metres() -> None:
     assert measured.mean() > 0.4
     ratio = (1.0 / inverse[measured]) / truth[measured]
     assert np.median(ratio) == pytest.approx(1.0, abs=0.03)
+    # The left strip SGBM does not search by itself (its disparity range) is measured
+    # too, as accurately.
+    strip = measured[:, :ScaleConfig().stereo_max_disparity_px]
+    assert strip.mean() > 0.4
+    left = (1.0 / inverse[:, :strip.shape[1]][strip]) / truth[:, :strip.shape[1]][strip]
+    assert np.median(left) == pytest.approx(1.0, abs=0.03)
 
 
 def test_stereo_pipeline_is_metric_and_depth_cloud_and_pose_share_the_scale() -> None:
-    pipeline = Pipeline(PipelineConfig(scale=ScaleConfig(source='stereo')))
+    # Scale only (a relative model fits a shift by default; see the test below).
+    pipeline = Pipeline(PipelineConfig(scale=ScaleConfig(source='stereo', fit_shift='never')))
     fixed = Pipeline(PipelineConfig())
     for frame in flight():
         assert frame.right is not None
@@ -102,8 +109,26 @@ def test_stereo_pipeline_is_metric_and_depth_cloud_and_pose_share_the_scale() ->
     assert 'scale' in out.timings_ms
 
 
+def test_a_shift_is_fitted_by_default_for_relative_models_not_for_metric_ones() -> None:
+    frame = flight()[1]
+    assert frame.right is not None
+    pair = StereoPair(frame.right.rgb, frame.baseline_m)
+    # Aligned depth of an affine model: inverse depth 2 * (1/z) + 20 (1/m).
+    depth = (1.0 / (2.0 / frame.depth + np.float32(20.0))).astype(np.float32)
+    relative = MetricScale(ScaleConfig(source='stereo'))
+    metric_model = MetricScale(ScaleConfig(source='stereo'), affine=False)
+    forced = MetricScale(ScaleConfig(source='stereo', fit_shift='always'), affine=False)
+    assert relative.fit_shift and forced.fit_shift and not metric_model.fit_shift
+    out, _ = relative.apply(depth, frame.rgb, frame.intrinsics, 0, None, pair)
+    assert relative.stats.shift != 0.0
+    assert np.nanmedian(out / frame.depth) == pytest.approx(1.0, abs=0.03)
+    metric_model.apply(depth, frame.rgb, frame.intrinsics, 0, None, pair)
+    assert metric_model.stats.shift == 0.0
+    assert Pipeline(PipelineConfig(scale=ScaleConfig(source='stereo'))).scale.fit_shift
+
+
 def test_missing_right_frames_and_an_occluded_view_keep_the_last_good_scale() -> None:
-    scale = MetricScale(ScaleConfig(source='stereo'))
+    scale = MetricScale(ScaleConfig(source='stereo', fit_shift='never'))
     frame = flight()[1]
     assert frame.right is not None
     depth = frame.depth * np.float32(2.0)  # an aligned depth twice the truth
@@ -218,12 +243,14 @@ def test_kinematic_scale_is_measured_on_the_published_depth_once_the_robot_moved
                                 None)
         if scale.stats.measured:
             measured.append(float(np.nanmedian(metric / frame.depth)))
-    # No measurement before the track covers a sixth of the smoothing span; the first
+    # No measurement before the track covers a fifth of the smoothing span; the first
     # ones rest on a few noisy samples (0.2 mm here), later ones on more.
     assert scale.stats.reasons[NOT_ENOUGH_MOTION] >= 2
     assert len(measured) >= 5
     assert measured[0] == pytest.approx(1.0, abs=0.12)
     assert measured[-4:] == [pytest.approx(1.0, abs=0.05)] * 4
+    # Once measured, one frame in kinematics_every (2) is matched; the others hold.
+    assert scale.stats.held >= len(measured) // 2 - 1 and scale.stats.fits < len(measured)
     assert scale.stats.baseline_m >= config.kinematics_min_motion_m
 
 
@@ -251,6 +278,7 @@ def test_kinematic_poses_replace_odometry_relative_to_the_first_frame() -> None:
 @pytest.mark.parametrize(('field', 'value', 'match'), [
     ('source', 'lidar', 'source'), ('kinematics_odometry', 'gps', 'kinematics_odometry'),
     ('stereo_block_size', 4, 'odd'), ('smoothing', 1.0, 'smoothing'),
+    ('fit_shift', 'on', 'fit_shift'), ('kinematics_every', 0, 'kinematics_every'),
     ('kinematics_time_offset_s', 5.0, 'kinematics_time_offset_s')])
 def test_bad_scale_settings_are_refused_naming_the_setting(field: str, value: object,
                                                             match: str) -> None:

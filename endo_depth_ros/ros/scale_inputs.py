@@ -236,6 +236,7 @@ class ScaleInputs:
             values['scale.tf_misses'] = self.tf.misses
         if stats.source == 'kinematics':
             values['scale.kinematics_baseline_mm'] = f'{1e3 * stats.baseline_m:.2f}'
+            values['scale.held'] = stats.held
             values['scale.matched_fraction'] = f'{stats.coverage:.3f}'
 
         if stats.source == 'stereo':
