@@ -97,6 +97,14 @@ def test_torch_bf16_within_budget(checkpoint: Path, reference: np.ndarray) -> No
     assert 0 < error < BUDGET['bf16']
 
 
+def test_openvino_threads_are_unpinned_unless_asked(exported: Path) -> None:
+    for pin in (False, True):
+        model = OpenVinoDepthModel.from_file(exported, name='dav2', precision='fp32',
+                                             pin_threads=pin)
+        compiled = model._request(HEIGHT, WIDTH).get_compiled_model()
+        assert bool(compiled.get_property('ENABLE_CPU_PINNING')) is pin
+
+
 def test_second_openvino_load_imports_the_cached_compiled_model(exported: Path) -> None:
     first = OpenVinoDepthModel.from_file(exported, name='dav2', precision='fp32')
     second = OpenVinoDepthModel.from_file(exported, name='dav2', precision='fp32')

@@ -49,6 +49,8 @@ CPU_VARIANTS: dict[str, str] = {
     'ort-int8': 'onnxruntime, MatMuls dynamically quantised to int8',
     'openvino': 'OpenVINO, f32 precision hint',
     'openvino-bf16': 'OpenVINO, bf16 precision hint (graph from the ONNX export)',
+    'openvino-bf16-pinned': 'openvino-bf16 with its threads pinned to the cores (the '
+                            'OpenVINO LATENCY default)',
     'openvino-bf16-onnx': 'OpenVINO bf16, graph from a static ONNX trace of the torch model',
     'openvino-bf16-direct': 'OpenVINO bf16, graph from openvino.convert_model on the torch '
                             'model (fused attention op)',
@@ -427,7 +429,7 @@ def describe_peaks(cost: ModelCost, peaks: Sequence[RoundPeak],
 
 def _needs_onnx(variant: str) -> bool:
     return variant in ('onnxruntime', 'ort-int8', 'openvino', 'openvino-bf16',
-                       'openvino-int8', 'tensorrt')
+                       'openvino-bf16-pinned', 'openvino-int8', 'tensorrt')
 
 
 def build_cpu_variant(variant: str, reference: Any, onnx_path: Path | None, tmp: Path,
@@ -470,9 +472,10 @@ def build_cpu_variant(variant: str, reference: Any, onnx_path: Path | None, tmp:
         return OnnxDepthModel(path, name=name, device='cpu')
     from endo_depth_ros.models.openvino import OpenVinoDepthModel
 
-    if variant in ('openvino', 'openvino-bf16'):
+    if variant in ('openvino', 'openvino-bf16', 'openvino-bf16-pinned'):
         return OpenVinoDepthModel.from_file(
-            onnx_path, name=name, precision='bf16' if variant == 'openvino-bf16' else 'fp32')
+            onnx_path, name=name, precision='fp32' if variant == 'openvino' else 'bf16',
+            pin_threads=variant == 'openvino-bf16-pinned')
     if variant == 'openvino-int8':
         from endo_depth_ros.models.quantize import quantize_static_openvino
 

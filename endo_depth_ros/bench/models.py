@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--backends', metavar='LIST',
                         help='compare these variants of --model instead (comma-separated: '
                              'torch,torch-bf16,torch-compile,torch-compile-bf16,onnxruntime,'
-                             'ort-int8,openvino,openvino-bf16,openvino-bf16-onnx,'
+                             'ort-int8,openvino,openvino-bf16,openvino-bf16-pinned,'
+                             'openvino-bf16-onnx,'
                              'openvino-bf16-direct,openvino-int8,auto); sizes default to '
                              '518x518,686x518')
     parser.add_argument('--model', default='dav2-s',

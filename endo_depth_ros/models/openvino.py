@@ -183,14 +183,24 @@ class OpenVinoDepthModel(DepthModel):
         self._network_size: tuple[int, int] | None = None
         self._torch_model: Any = None
         self.converter = 'onnx'
+        #: ``ENABLE_CPU_PINNING``. Off: OpenVINO's LATENCY default pins its two threads
+        #: to the cores, and a core taken by another thread of the node (or process)
+        #: then stalls every parallel step; unpinned, DAv2-S bf16 ran in 0.84-0.87x the
+        #: pinned time on the busy 2-core machine (``endo-depth-bench models --backends
+        #: openvino-bf16,openvino-bf16-pinned``).
+        self.pin_threads = False
 
     # ------------------------------------------------------------------ constructors
 
     @classmethod
     def from_file(cls, path: str | Path, *, name: str, device: str = 'auto',
                   precision: str = 'auto',
-                  cache_dir: str | Path | None = None) -> OpenVinoDepthModel:
+                  cache_dir: str | Path | None = None,
+                  pin_threads: bool = False) -> OpenVinoDepthModel:
         """Load an ``endo-depth-export`` ONNX or IR file for the image size it was made for.
+
+        ``pin_threads``: pin OpenVINO's threads to cores (off by default, see
+        ``pin_threads`` in the constructor).
 
         Raises:
             BackendUnavailableError: openvino is not installed.
@@ -215,6 +225,7 @@ class OpenVinoDepthModel(DepthModel):
                     precision=precision, model_hash=hashlib.sha256(blob).hexdigest(),
                     cache_dir=cache_dir)
         model.path = path
+        model.pin_threads = pin_threads
         model.image_size = (int(meta['image_height']), int(meta['image_width']))
         model._network_size = (int(meta['network_height']), int(meta['network_width']))
         if meta.get('precision') == 'int8':
@@ -361,7 +372,8 @@ class OpenVinoDepthModel(DepthModel):
         return self._load_or_compile(height, width).create_infer_request()
 
     def _config(self) -> dict[str, str]:
-        return {'INFERENCE_PRECISION_HINT': HINTS[self._hint], 'PERFORMANCE_HINT': 'LATENCY'}
+        return {'INFERENCE_PRECISION_HINT': HINTS[self._hint], 'PERFORMANCE_HINT': 'LATENCY',
+                'ENABLE_CPU_PINNING': 'YES' if self.pin_threads else 'NO'}
 
     def _load_or_compile(self, height: int, width: int) -> Any:
         file = self.cache_file(height, width)
