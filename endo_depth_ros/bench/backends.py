@@ -233,23 +233,81 @@ class RoundPeak:
 
 def measure_round_peak(cost: ModelCost, precisions: Sequence[str], device: str,
                        *, seconds: float = 0.15, warmup_s: float = 0.2) -> RoundPeak:
-    """The square-matmul peak and the model-shape floor per precision, now (``RoundPeak``)."""
+    """The square-matmul peak and the model-shape floor per precision, now (``RoundPeak``).
+
+    Each rate is the better of torch (oneDNN through OpenMP) and, on the CPU where
+    installed, OpenVINO (its own oneDNN through TBB, the default path's runtime): what
+    this machine demonstrably does, whichever library gets there; on a busy machine
+    the two runtimes degrade differently.
+    """
     square: dict[str, float] = {}
     achievable: dict[str, float] = {}
+    use_openvino = not device.startswith('cuda') and hardware.openvino_available()
+
+    def best(torch_rate: float, key: tuple[object, ...]) -> float:
+        return max(torch_rate, openvino_rate(key, seconds=seconds)) if use_openvino else torch_rate
+
     for precision in precisions:
-        square[precision] = matmul_throughput(precision, device=device, seconds=seconds,
-                                              warmup_s=warmup_s)
+        square[precision] = best(
+            matmul_throughput(precision, device=device, seconds=seconds, warmup_s=warmup_s),
+            ('matmul', precision, 2048, 2048, 2048))
         seconds_per_frame = cost.other / (square[precision] * 1e9)
         for shape, flops in cost.linear_shapes().items():
-            rate = matmul_throughput(precision, device=device, shape=shape,
-                                     seconds=seconds, warmup_s=0.05)
+            rate = best(matmul_throughput(precision, device=device, shape=shape,
+                                          seconds=seconds, warmup_s=0.05),
+                        ('matmul', precision, *shape))
             seconds_per_frame += flops / (rate * 1e9)
-        rate = attention_throughput(precision, cost.tokens, cost.heads,
-                                    cost.hidden // cost.heads, device=device,
-                                    seconds=seconds, warmup_s=0.05)
+        head_dim = cost.hidden // cost.heads
+        rate = best(attention_throughput(precision, cost.tokens, cost.heads, head_dim,
+                                         device=device, seconds=seconds, warmup_s=0.05),
+                    ('attention', precision, cost.tokens, cost.heads, head_dim))
         seconds_per_frame += cost.attention / (rate * 1e9)
         achievable[precision] = seconds_per_frame * 1e3
     return RoundPeak(square, achievable)
+
+
+#: Compiled one-op OpenVINO models of ``openvino_rate``, by key.
+_OPENVINO_PROBES: dict[tuple[object, ...], tuple[Any, list[np.ndarray], float]] = {}
+
+
+def openvino_rate(key: tuple[object, ...], *, seconds: float = 0.15) -> float:
+    """GFLOP/s of one OpenVINO op on the CPU (best of repeated calls within ``seconds``).
+
+    Args:
+        key: ``('matmul', precision, m, k, n)``: ``(m, k)`` input times a constant
+            ``(k, n)`` weight (a FullyConnected node, as the model's layers); or
+            ``('attention', precision, tokens, heads, head_dim)``: one
+            ``ScaledDotProductAttention`` op. Compiled once, then reused.
+    """
+    if key not in _OPENVINO_PROBES:
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        rng = np.random.default_rng(0)
+        kind, precision = key[0], str(key[1])
+        if kind == 'matmul':
+            m, k, n = (int(v) for v in key[2:])  # type: ignore[call-overload]
+            x = ops.parameter([m, k], ov.Type.f32)
+            weight = ops.constant(rng.standard_normal((k, n), np.float32))
+            graph = ov.Model([ops.matmul(x, weight, False, False)], [x])
+            inputs = [rng.standard_normal((m, k), np.float32)]
+            flops = 2.0 * m * k * n
+        else:
+            tokens, heads, head_dim = (int(v) for v in key[2:])  # type: ignore[call-overload]
+            shape = [1, heads, tokens, head_dim]
+            q, k_, v = (ops.parameter(shape, ov.Type.f32) for _ in range(3))
+            graph = ov.Model([ops.scaled_dot_product_attention(q, k_, v, causal=False)],
+                             [q, k_, v])
+            inputs = [rng.standard_normal(shape, np.float32) for _ in range(3)]
+            flops = 4.0 * tokens ** 2 * heads * head_dim
+        hint = {'fp32': 'f32', 'bf16': 'bf16'}[precision]
+        compiled = ov.Core().compile_model(graph, 'CPU', {
+            'INFERENCE_PRECISION_HINT': hint, 'PERFORMANCE_HINT': 'LATENCY',
+            'ENABLE_CPU_PINNING': 'NO'})
+        _OPENVINO_PROBES[key] = (compiled.create_infer_request(), inputs, flops)
+    request, inputs, flops = _OPENVINO_PROBES[key]
+    feed = dict(enumerate(inputs))
+    return _best_rate(lambda: request.infer(feed), flops, 'cpu', seconds, 0.05)
 
 
 def synthetic_frames(height: int, width: int, count: int, seed: int) -> list[np.ndarray]:
