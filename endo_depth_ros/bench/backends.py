@@ -9,9 +9,9 @@ Used by ``endo-depth-bench models --backends ...`` (CPU variants) and
    quantised from that export (NNCF calibrated on other synthetic frames);
 3. accuracy: relative L2 and Spearman rank correlation of each variant's output against
    torch fp32 on the frames (mean over frames);
-4. speed: rounds that time every variant once per round, interleaved, so load changes
-   on a shared machine hit all variants alike; the median per variant is reported and
-   divided by torch fp32's median of the same run;
+4. speed: rounds that time every variant once per round, interleaved (in an order
+   rotated every round), so load changes on a shared machine hit all variants alike;
+   the median per variant is reported and divided by torch fp32's median of the run;
 5. roofline, measured inside the run: before every round the 2048^2 matmul peak
    (fp32 and bf16/fp16) and the rates of the model's own products (its ViT matmul shapes,
    e.g. 1370x384x1536 at 518x518, and its fused attention) are re-measured
@@ -404,7 +404,11 @@ def compare(
                 rgb = images[round_index % len(images)]
                 # The peaks under the same conditions as this round's variants.
                 peaks.append(measure_round_peak(cost, precisions, device))
-                for v in built:
+                # A rotated order: no variant always runs first after the probes or
+                # right after the same neighbour (fixed orders gave the later OpenVINO
+                # variants of the same kernels 1.1-1.4x the time on a busy machine).
+                shift = round_index % len(built)
+                for v in built[shift:] + built[:shift]:
                     start = time.perf_counter()
                     v.model.infer(rgb)
                     v.times_ms.append((time.perf_counter() - start) * 1e3)

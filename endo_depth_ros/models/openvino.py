@@ -185,9 +185,9 @@ class OpenVinoDepthModel(DepthModel):
         self.converter = 'onnx'
         #: ``ENABLE_CPU_PINNING``. Off: OpenVINO's LATENCY default pins its two threads
         #: to the cores, and a core taken by another thread of the node (or process)
-        #: then stalls every parallel step; unpinned, DAv2-S bf16 ran in 0.78-0.94x the
-        #: pinned time on the busy 2-core machine (``endo-depth-bench models --backends
-        #: openvino-bf16,openvino-bf16-pinned``).
+        #: then stalls every parallel step; unpinned, DAv2-S bf16 ran in 0.87x and 1.00x
+        #: the pinned time in two runs on the busy 2-core machine (``endo-depth-bench
+        #: models --backends openvino-bf16,openvino-bf16-pinned`` for this machine).
         self.pin_threads = False
 
     # ------------------------------------------------------------------ constructors
