@@ -97,6 +97,14 @@ def test_torch_bf16_within_budget(checkpoint: Path, reference: np.ndarray) -> No
     assert 0 < error < BUDGET['bf16']
 
 
+def test_openvino_threads_are_unpinned_unless_asked(exported: Path) -> None:
+    for pin in (False, True):
+        model = OpenVinoDepthModel.from_file(exported, name='dav2', precision='fp32',
+                                             pin_threads=pin)
+        compiled = model._request(HEIGHT, WIDTH).get_compiled_model()
+        assert bool(compiled.get_property('ENABLE_CPU_PINNING')) is pin
+
+
 def test_second_openvino_load_imports_the_cached_compiled_model(exported: Path) -> None:
     first = OpenVinoDepthModel.from_file(exported, name='dav2', precision='fp32')
     second = OpenVinoDepthModel.from_file(exported, name='dav2', precision='fp32')
@@ -121,6 +129,19 @@ def test_openvino_converts_a_torch_checkpoint_once_per_size(
                          input_size=28)
     second.infer(IMAGES)
     assert (second.cache_hits, second.cache_misses) == (1, 0)  # type: ignore[attr-defined]
+
+
+def test_direct_conversion_keeps_fused_attention_and_fp32_parity(
+        network: torch.nn.Module, reference: np.ndarray) -> None:
+    torch_model = tiny_torch_model(network)
+    direct = OpenVinoDepthModel.from_torch(torch_model, precision='fp32', converter='direct')
+    onnx = OpenVinoDepthModel.from_torch(torch_model, precision='fp32')
+    assert rel_l2(direct.infer(IMAGES), reference) < BUDGET['fp32']
+    assert direct.cache_file(HEIGHT, WIDTH) != onnx.cache_file(HEIGHT, WIDTH)
+    ops = {op.get_type_name() for op in direct._graph(HEIGHT, WIDTH).get_ops()}
+    assert 'ScaledDotProductAttention' in ops and 'Softmax' not in ops
+    with pytest.raises(ConfigError, match='converter'):
+        OpenVinoDepthModel.from_torch(torch_model, converter='jit')
 
 
 def test_openvino_refuses_another_image_size(exported: Path) -> None:
@@ -325,15 +346,45 @@ def test_auto_keeps_unmeasured_families_in_torch() -> None:
 # ------------------------------------------------------------------ benchmark
 
 
-def test_backend_comparison_reports_best_rounds_against_the_peak_of_the_same_run() -> None:
+def test_backend_comparison_divides_each_round_by_the_peak_of_that_round() -> None:
     from endo_depth_ros.bench import backends
 
-    peaks = {'fp32': 1.0, 'bf16': 1.0}  # raised to what the rounds measure
+    captions: list[str] = []
     rows, peaks = backends.compare('dav2-s', [(140, 140)], ['torch'], device='cpu', repeats=2,
-                                   frames=1, build=backends.build_cpu_variant, peaks=peaks)
-    assert peaks['fp32'] > 1.0 and peaks['bf16'] > 1.0
+                                   frames=1, build=backends.build_cpu_variant,
+                                   report=lambda rows, caption: captions.append(caption))
+    assert len(peaks) == 2 and all(p.square['bf16'] > 0 and p.achievable_ms['bf16'] > 0
+                                   for p in peaks)
     (row,) = rows
     assert float(row['best ms']) <= float(row['ms/frame'])  # type: ignore[arg-type]
-    gflop = float(str(row['GFLOP']).split()[0])
-    roofline = 100 * gflop / peaks['fp32'] * 1e3 / float(row['best ms'])  # type: ignore[arg-type]
-    assert abs(float(str(row['% fp32 roofline'])) - roofline) <= 0.5 + 0.01 * roofline
+    median, bracket = str(row['% bf16 achievable']).split(' ', 1)
+    low, high = (float(v) for v in bracket.strip('()').split('-'))
+    assert 0 < low <= float(median) <= high
+    assert 'in-run 2048^2 matmul' in captions[0] and 'T=101' in captions[0]
+
+
+def test_model_cost_splits_the_vit_products() -> None:
+    from endo_depth_ros.bench import backends
+
+    cost = backends.ModelCost(total=100e9, attention=30e9, linear=2 * 1370 * 384 * 4608 * 12.0,
+                              tokens=1370, hidden=384, mlp=1536, heads=6)
+    shapes = cost.linear_shapes()
+    assert set(shapes) == {(1370, 384, 384), (1370, 384, 1536), (1370, 1536, 384)}
+    assert abs(sum(shapes.values()) - cost.linear) < 1e-3 * cost.linear
+    assert abs(cost.other - (100e9 - 30e9 - cost.linear)) < 1.0
+
+
+def test_roofline_columns_divide_each_round_by_its_own_peak() -> None:
+    from endo_depth_ros.bench import backends
+
+    cost = backends.ModelCost(total=100e9, attention=0.0, linear=0.0, tokens=1, hidden=1,
+                              mlp=1, heads=1)
+    # Round 1: peak 1000 GFLOP/s -> ideal 100 ms, took 200 ms (50 %); round 2: the peak
+    # halved and the model took 400 ms (also 50 %); round 3: 100 ms at 1000 (100 %).
+    peaks = [backends.RoundPeak({'fp32': 1000.0, 'bf16': 1000.0}, {'bf16': 80.0}),
+             backends.RoundPeak({'fp32': 500.0, 'bf16': 500.0}, {'bf16': 160.0}),
+             backends.RoundPeak({'fp32': 1000.0, 'bf16': 1000.0}, {'bf16': 80.0})]
+    columns = backends.roofline_columns(cost, peaks, [200.0, 400.0, 100.0], ('fp32', 'bf16'))
+    assert columns['% bf16 peak'] == '50 (50-100)'
+    assert columns['% bf16 achievable'] == '40 (40-80)'
+    assert backends.round_fractions([50.0, 100.0], [100.0, 200.0]) == [0.5, 0.5]

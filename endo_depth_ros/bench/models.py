@@ -77,8 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--backends', metavar='LIST',
                         help='compare these variants of --model instead (comma-separated: '
                              'torch,torch-bf16,torch-compile,torch-compile-bf16,onnxruntime,'
-                             'ort-int8,openvino,openvino-bf16,openvino-int8,auto); sizes '
-                             'default to 518x518,686x518')
+                             'ort-int8,openvino,openvino-bf16,openvino-bf16-pinned,'
+                             'openvino-bf16-onnx,'
+                             'openvino-bf16-direct,openvino-int8,auto); sizes default to '
+                             '518x518,686x518')
     parser.add_argument('--model', default='dav2-s',
                         help='network of the --backends comparison (default: %(default)s)')
     parser.add_argument('--frames', type=int, default=3,
@@ -149,16 +151,12 @@ def run_backends(args: argparse.Namespace, device: str) -> None:
     sizes_text = BACKEND_SIZES if args.sizes == DEFAULT_SIZES else args.sizes
     sizes = parse_sizes(sizes_text, min_side=14)
     build = backends.build_gpu_variant if device == 'cuda' else backends.build_cpu_variant
-    peaks = {p: backends.matmul_throughput(p, device=device)
-             for p in (('fp32', 'fp16') if device == 'cuda' else ('fp32', 'bf16'))}
-    def title() -> str:  # ``compare`` raises the peaks to the best seen during the rounds
-        return (f'{args.model} (random weights) per backend, uint8 in -> depth out, median '
-                f'and best of {args.repeats} interleaved rounds; '
-                f'{backends.describe_machine(peaks, device)}')
-
+    title = (f'{args.model} (random weights) per backend, uint8 in -> depth out, median '
+             f'and best of {args.repeats} interleaved rounds; '
+             f'{backends.describe_machine(device)}')
     backends.compare(args.model, sizes, variants, device=device, repeats=args.repeats,
-                     frames=args.frames, build=build, peaks=peaks,
-                     report=lambda rows: print_table(title(), rows))
+                     frames=args.frames, build=build,
+                     report=lambda rows, peaks: print_table(f'{title}; {peaks}', rows))
     print('\nVariants: ' + '; '.join(f'{v}: {known[v]}' for v in variants if v in known))
 
 

@@ -1,9 +1,12 @@
 """``backend='auto'`` and ``precision='auto'``: the fastest path this machine has, within budget.
 
-The rule, from ``endo-depth-bench models`` (DAv2-S, uint8 in -> depth out, ratios to
-torch fp32 in one run on a 2-core AMX Xeon): OpenVINO bf16 0.18x, torch bf16 0.5x,
-OpenVINO fp32 0.6x, onnxruntime fp32 0.75x; bf16 costs a relative L2 error of ~5e-3
-against fp32, int8 ~1e-2 or more. Hence, for a network checkpoint:
+The rule, from ``endo-depth-bench models --backends`` (DAv2-S, uint8 in -> depth out,
+ratios to torch fp32 in one run on a 2-core AMX Xeon): OpenVINO bf16 0.18x when the
+issue was filed, 0.32x on the idle machine later (same library, same graph: the VM's
+bf16 matmul peak had fallen from 1736 to ~880 GFLOP/s while fp32 stayed ~250-300),
+torch bf16 0.5x, OpenVINO fp32 0.6-0.9x, onnxruntime fp32 0.75-1.1x; bf16 costs a
+relative L2 error of ~5e-3 against fp32, int8 ~1e-2 or more. Hence, for a network
+checkpoint:
 
 1. CUDA visible (device ``auto``/``cuda``): torch with fp16 autocast (TensorRT for an
    ONNX export when tensorrt is installed).

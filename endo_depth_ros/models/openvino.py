@@ -5,10 +5,14 @@ Two sources of a graph:
 - a file written by ``endo-depth-export``: ONNX (``.onnx``) or an OpenVINO IR
   (``.xml`` + ``.bin``, e.g. the NNCF int8 export). Its image size is fixed, and
   images of another size are refused exactly as with onnxruntime;
-- a ``TorchDepthModel`` converted in memory (a static-shape ONNX trace of it, the same
-  graph ``endo-depth-export`` writes), one graph per camera image size, compiled on the
-  first image of that size (the trace bakes the resize targets in). At most
-  ``MAX_SIZES`` sizes are kept.
+- a ``TorchDepthModel`` converted in memory, one graph per camera image size, compiled
+  on the first image of that size (the trace bakes the resize targets in). At most
+  ``MAX_SIZES`` sizes are kept. Two converters (``CONVERTERS``): ``'onnx'``, a
+  static-shape ONNX trace (the graph ``endo-depth-export`` writes; attention becomes
+  MatMul + Softmax, which the CPU plugin fuses back), and ``'direct'``,
+  ``openvino.convert_model`` on the torch module (attention stays one
+  ``ScaledDotProductAttention`` op; 3-4x slower to convert, once per size: the
+  compiled blob is cached).
 
 Precision: ``fp32`` sets ``INFERENCE_PRECISION_HINT=f32`` explicitly (OpenVINO
 silently computes in bf16 on AMX CPUs otherwise); ``bf16`` needs native bf16
@@ -32,6 +36,7 @@ from pathlib import Path
 import tempfile
 import time
 from typing import Any
+import warnings
 
 import numpy as np
 
@@ -44,6 +49,8 @@ from endo_depth_ros.models.onnx_runtime import check_image_size, check_name, rea
 MAX_SIZES = 2
 #: rt_info section holding the ``endo_depth_ros`` metadata of an IR file.
 RT_INFO_KEY = 'endo_depth_ros'
+#: How a torch model becomes an OpenVINO graph (see module doc).
+CONVERTERS = ('onnx', 'direct')
 #: ``INFERENCE_PRECISION_HINT`` of each precision.
 HINTS = {'fp32': 'f32', 'bf16': 'bf16'}
 
@@ -175,14 +182,25 @@ class OpenVinoDepthModel(DepthModel):
         self.image_size: tuple[int, int] | None = None
         self._network_size: tuple[int, int] | None = None
         self._torch_model: Any = None
+        self.converter = 'onnx'
+        #: ``ENABLE_CPU_PINNING``. Off: OpenVINO's LATENCY default pins its two threads
+        #: to the cores, and a core taken by another thread of the node (or process)
+        #: then stalls every parallel step; unpinned, DAv2-S bf16 ran in 0.87x and 1.00x
+        #: the pinned time in two runs on the busy 2-core machine (``endo-depth-bench
+        #: models --backends openvino-bf16,openvino-bf16-pinned`` for this machine).
+        self.pin_threads = False
 
     # ------------------------------------------------------------------ constructors
 
     @classmethod
     def from_file(cls, path: str | Path, *, name: str, device: str = 'auto',
                   precision: str = 'auto',
-                  cache_dir: str | Path | None = None) -> OpenVinoDepthModel:
+                  cache_dir: str | Path | None = None,
+                  pin_threads: bool = False) -> OpenVinoDepthModel:
         """Load an ``endo-depth-export`` ONNX or IR file for the image size it was made for.
+
+        ``pin_threads``: pin OpenVINO's threads to cores (off by default, see
+        ``pin_threads`` in the constructor).
 
         Raises:
             BackendUnavailableError: openvino is not installed.
@@ -207,6 +225,7 @@ class OpenVinoDepthModel(DepthModel):
                     precision=precision, model_hash=hashlib.sha256(blob).hexdigest(),
                     cache_dir=cache_dir)
         model.path = path
+        model.pin_threads = pin_threads
         model.image_size = (int(meta['image_height']), int(meta['image_width']))
         model._network_size = (int(meta['network_height']), int(meta['network_width']))
         if meta.get('precision') == 'int8':
@@ -219,7 +238,8 @@ class OpenVinoDepthModel(DepthModel):
                    cache_dir: str | Path | None = None,
                    warmup_size: tuple[int, int] | None = None,
                    budget: float | None = None,
-                   centred: bool = False) -> OpenVinoDepthModel:
+                   centred: bool = False,
+                   converter: str = 'onnx') -> OpenVinoDepthModel:
         """Convert a ``TorchDepthModel`` directly; each camera size is compiled on first use.
 
         Args:
@@ -236,17 +256,26 @@ class OpenVinoDepthModel(DepthModel):
                 heads that add a constant (the sigmoid disparity of monodepth2-like
                 networks, ``min_disp + range * sigmoid``), whose offset would otherwise
                 hide an error as large as the map's whole structure.
+            converter: ``'onnx'`` or ``'direct'`` (``CONVERTERS``).
+
+        Raises:
+            ConfigError: an unknown converter (and see ``resolve_precision``).
         """
+        if converter not in CONVERTERS:
+            raise ConfigError(f'Unknown OpenVINO converter {converter!r}; expected one of '
+                              f'{CONVERTERS}.')
         import torch
         import transformers
 
         net = torch_model.net
         model_hash = network_hash(
             net, torch_model.name, net.input_size, getattr(net, 'resize', 'official'),
-            torch.__version__, transformers.__version__, GRAPH_REVISION)
+            torch.__version__, transformers.__version__, GRAPH_REVISION,
+            *(() if converter == 'onnx' else (converter,)))  # onnx: the keys cached so far
         model = cls(name=torch_model.name, output_kind=torch_model.output_kind,
                     precision=precision, model_hash=model_hash, cache_dir=cache_dir)
         model._torch_model = torch_model
+        model.converter = converter
         model._last_size = torch_model.input_size  # the torch model's warm-up size
         model.budget = budget
         model.centred_check = centred
@@ -343,7 +372,8 @@ class OpenVinoDepthModel(DepthModel):
         return self._load_or_compile(height, width).create_infer_request()
 
     def _config(self) -> dict[str, str]:
-        return {'INFERENCE_PRECISION_HINT': HINTS[self._hint], 'PERFORMANCE_HINT': 'LATENCY'}
+        return {'INFERENCE_PRECISION_HINT': HINTS[self._hint], 'PERFORMANCE_HINT': 'LATENCY',
+                'ENABLE_CPU_PINNING': 'YES' if self.pin_threads else 'NO'}
 
     def _load_or_compile(self, height: int, width: int) -> Any:
         file = self.cache_file(height, width)
@@ -378,12 +408,20 @@ class OpenVinoDepthModel(DepthModel):
                 raise ModelLoadError(f'OpenVINO cannot read {self.path}: {err}') from err
             graph.reshape({graph.inputs[0]: ov.PartialShape(shape)})
             return graph
+        if self.converter == 'direct':
+            import torch
+
+            example = torch.zeros(shape, dtype=torch.uint8)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # tracer warnings: sizes baked in on purpose
+                graph = ov.convert_model(self._torch_model.net.eval(), example_input=example)
+            graph.reshape({graph.inputs[0]: ov.PartialShape(shape)})
+            return graph
         from endo_depth_ros.models.onnx_runtime import export_onnx
 
         # Through a static-shape ONNX trace, as the explicit ``openvino`` export: the same
-        # graph as ``endo-depth-export`` gives (attention fused by the CPU plugin alike),
-        # and converted in a fraction of ``openvino.convert_model``'s time (DAv2-S 518x518:
-        # 11 s vs 51 s on the loaded 2-core machine; ``endo-depth-bench models``).
+        # graph as ``endo-depth-export`` gives, converted in a fraction of
+        # ``openvino.convert_model``'s time (DAv2-S 518x518: 10 s vs 33-47 s).
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(self._torch_model, Path(tmp) / 'graph.onnx', height, width,
                                dynamic_batch=False)
