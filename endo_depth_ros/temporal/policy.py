@@ -35,13 +35,18 @@ import math
 import numpy as np
 
 from endo_depth_ros.temporal.config import AlignmentConfig
-from endo_depth_ros.temporal.robust_fit import Fit
+from endo_depth_ros.temporal.robust_fit import MAD_TO_SIGMA, Fit
 
 #: Recent fits whose median change decides flickering or stable. A median, so that a
 #: few outlier fits (frames without a pose mistake the camera's motion for a change of
 #: scale) never flip a stable model: a running mean square did, on a 120-frame flight in
 #: window mode, and the flip held itself (flickering stops the pose warps).
 CHANGE_WINDOW = 9
+
+#: Recent fits whose changes of the aligned median give the noise a step must stand out
+#: of (``step_sigmas``): the median absolute deviation of 9 values is too noisy itself
+#: (a still camera's 0.1 % changes passed for steps).
+STEP_HISTORY = 30
 
 
 class ParameterPrior:
@@ -52,6 +57,7 @@ class ParameterPrior:
         #: The first good frame's (scale, shift), the anchor of the pull-back.
         self.anchor: tuple[float, float] | None = None
         self._recent = np.zeros(CHANGE_WINDOW)  # squared changes of the recent fits
+        self._centre_changes = np.zeros(STEP_HISTORY)  # log changes of the median
         self._changes = 0  # changes measured so far
 
     def set_anchor_once(self, scale: float, shift: float) -> None:
@@ -73,6 +79,18 @@ class ParameterPrior:
         cfg = self.config
         return (self._changes > 0 and not self.flickering
                 and cfg.stable_gain == 0 and cfg.unposed_gain == 0)
+
+    def _is_step(self, centre_change: float) -> bool:
+        """Whether a change of the log median stands out of the last fits' own noise
+        (``step_sigmas`` robust standard deviations of their changes, at least
+        ``CHANGE_WINDOW`` fits)."""
+        n = min(self._changes, STEP_HISTORY)
+        if self.config.step_sigmas <= 0 or n < CHANGE_WINDOW:
+            return False
+        past = self._centre_changes[:n]
+        centre = float(np.median(past))
+        sigma = MAD_TO_SIGMA * float(np.median(np.abs(past - centre)))
+        return sigma > 0 and abs(centre_change - centre) > self.config.step_sigmas * sigma
 
     def apply(self, fitted: tuple[float, float], previous: tuple[float, float] | None,
               sub: np.ndarray, posed: bool, recent: Fit | None = None,
@@ -112,13 +130,26 @@ class ParameterPrior:
                              math.log(max(params[0] * spread, 1e-300))])
 
         measured = fitted if recent is None or not recent.ok else (recent.scale, recent.shift)
-        change = float(np.mean((summary(measured) - summary(previous)) ** 2))
+        delta = summary(measured) - summary(previous)
+        change = float(np.mean(delta ** 2))
         if not math.isfinite(change):
             return fitted
+        is_step = self._is_step(float(delta[0]))
         self._recent[self._changes % CHANGE_WINDOW] = change
+        self._centre_changes[self._changes % STEP_HISTORY] = float(delta[0])
         self._changes += 1
         if self.flickering:
             return fitted  # a flickering model: follow every fit exactly
+        if is_step:
+            # A step of the model's own scale: adopted as a pure depth scale (scale and
+            # shift of the disparity multiplied alike), as an exposure change does to
+            # the photometric prior.
+            # The anchor moves with it (the pull-back and the held shift aim at it).
+            factor = math.exp(float(delta[0]))
+            self.anchor = (previous[0] * factor, previous[1] * factor)
+            return self.anchor
+        if cfg.stable_gain == 0 and cfg.unposed_gain == 0:
+            return previous  # held: no step, no pull-back, no shift conversion
         new, old = summary(fitted), summary(previous)
         step = old + (cfg.stable_gain if posed else cfg.unposed_gain) * (new - old)
         if self.anchor is not None and cfg.anchor_pull > 0:
