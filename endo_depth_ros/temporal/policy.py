@@ -20,10 +20,11 @@ model's changes are <= 2 % rms (90th percentile), a flickering model's 5 % or mo
   beyond that many robust standard deviations of the last ``STEP_HISTORY`` changes, as
   a pure scale. The photometric prior's changes against the last frame follow its
   exposure-driven scale changes against the truth (correlation 0.5-0.97 on 7 flights);
-  replaying them offline, adopting 6-sigma steps cut its worst drift on 6 of 7 flights
-  (1.18-1.59 -> 1.16-1.30, around the median; the slow flight 1.53 -> 1.55) and adopted none for the
-  stable stand-in. But a metric model on the slow flight took a misregistered fit for
-  a step and drifted from the truth (``no_harm`` fails), so it stays off.
+  replaying them offline, adopting 6-sigma steps cut its worst drift around the median
+  on 6 of 7 flights (1.18-1.59 -> 1.16-1.30; the slow flight 1.53 -> 1.55) and adopted
+  none for the stable stand-in. But a metric model on the slow flight took a
+  misregistered fit for a step and drifted from the truth (``no_harm`` fails), so it
+  stays off.
 
 Measured against the truth (``endo-depth-bench consistency --variants``, 120-frame
 flights, mean depth-ratio error over gaps 1-20 relative to ``none``; see the README):
