@@ -77,7 +77,8 @@ class AlignmentConfig:
         step_sigmas: stable models: a change of the aligned median against the most
             recent frame beyond this many robust standard deviations of the last fits'
             changes is adopted as a change of scale (an exposure step the photometric
-            prior reads as distance; 0: never, see ``policy.py``).
+            prior reads as distance; 0: never; never with scale_source 'model'; see
+            ``policy.py``).
         max_fallbacks: consecutive fallbacks after which the buffer re-anchors on the
             next usable frame.
         scale_source: metric conversion: 'fixed' (first frame's median depth is
@@ -110,7 +111,7 @@ class AlignmentConfig:
     unposed_gain: float = 0.0
     anchor_pull: float = 0.02
     flicker_threshold: float = 0.1
-    step_sigmas: float = 0.0
+    step_sigmas: float = 6.0
     max_fallbacks: int = 15
     scale_source: str = 'fixed'
     reference_depth_m: float = 0.05

@@ -16,15 +16,15 @@ model's changes are <= 2 % rms (90th percentile), a flickering model's 5 % or mo
   such a model the fits only measure their own errors (occlusions, warps with poses
   tracked on the aligned depth itself, a model not exactly affine in the truth), and
   chained fits integrate them into a drift of the scale that ``none`` does not have.
-- Steps (``step_sigmas``, off by default): a stable model adopts a change of the median
+- Steps (``step_sigmas``; relative models only): a stable model adopts a change of the median
   beyond that many robust standard deviations of the last ``STEP_HISTORY`` changes, as
   a pure scale. The photometric prior's changes against the last frame follow its
   exposure-driven scale changes against the truth (correlation 0.5-0.97 on 7 flights);
   replaying them offline, adopting 6-sigma steps cut its worst drift around the median
   on 6 of 7 flights (1.18-1.59 -> 1.16-1.30; the slow flight 1.53 -> 1.55) and adopted
-  none for the stable stand-in. But a metric model on the slow flight took a
-  misregistered fit for a step and drifted from the truth (``no_harm`` fails), so it
-  stays off.
+  none for the stable stand-in; in the pipeline (``--variants no-steps``) likewise.
+  A metric model took misregistered fits for steps and drifted from the truth on 2 of
+  7 flights, so a trusted metric scale (``scale_source`` 'model') is never re-scaled.
 
 Measured against the truth (``endo-depth-bench consistency --variants``, 120-frame
 flights, mean depth-ratio error over gaps 1-20 relative to ``none``; see the README):
@@ -94,7 +94,9 @@ class ParameterPrior:
         (``step_sigmas`` robust standard deviations of their changes, at least
         ``CHANGE_WINDOW`` fits)."""
         n = min(self._changes, STEP_HISTORY)
-        if self.config.step_sigmas <= 0 or n < CHANGE_WINDOW:
+        # A trusted metric scale (scale_source 'model') is never re-scaled: its "steps"
+        # are misregistered fits (a metric model drifted from the truth on 2 of 7 flights).
+        if self.config.step_sigmas <= 0 or n < CHANGE_WINDOW or self.config.scale_source == 'model':
             return False
         past = self._centre_changes[:n]
         centre = float(np.median(past))
