@@ -97,6 +97,16 @@ def test_window_mode_leaves_a_stable_model_as_none_does_on_the_default_flight(
     assert _drift(runs['window']) < 1.01
 
 
+def test_adopting_exposure_steps_cuts_the_photometric_priors_drift(tmp_path: Path) -> None:
+    # Auto-exposure steps change the photometric prior's scale; held, the stream keeps
+    # them (drift 1.49 on this flight), adopted (step_sigmas) they are undone (1.07).
+    path = _bag(tmp_path, 'nuisance5', seed=5, camera=CameraEffects.endoscope())
+    held = _runs(path, 'photometric', ('none', 'stream'))
+    adopted = _runs(path, 'photometric', ('stream',), variant='adopt-steps')['stream']
+    assert no_harm(adopted, held['none'])
+    assert _drift(adopted) - 1 < 0.5 * (_drift(held['stream']) - 1)
+
+
 def test_alignment_cuts_the_ratio_error_of_a_flickering_model_three_times(
         nuisance_bag: Path) -> None:
     runs = _runs(nuisance_bag, 'flicker')

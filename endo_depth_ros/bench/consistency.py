@@ -56,7 +56,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     'no-keyframes': {'keyframes': 0},
     'no-reproject': {'reproject': 'never'},
     'no-fusion': {'blend': 0.0},
-    'no-steps': {'step_sigmas': 0.0},
+    'adopt-steps': {'step_sigmas': 6.0},
 }
 
 

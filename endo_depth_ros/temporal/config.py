@@ -111,7 +111,7 @@ class AlignmentConfig:
     unposed_gain: float = 0.0
     anchor_pull: float = 0.02
     flicker_threshold: float = 0.1
-    step_sigmas: float = 6.0
+    step_sigmas: float = 0.0
     max_fallbacks: int = 15
     scale_source: str = 'fixed'
     reference_depth_m: float = 0.05
