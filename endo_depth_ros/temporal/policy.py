@@ -18,8 +18,9 @@ model's changes are <= 2 % rms (90th percentile), a flickering model's 5 % or mo
   chained fits integrate them into a drift of the scale that ``none`` does not have.
 - Steps (``step_sigmas``, off by default; relative models only): a stable model adopts a
   change of the median beyond that many robust standard deviations of the last
-  ``STEP_HISTORY`` changes, as a pure scale. The photometric prior's changes against the last frame follow its
-  exposure-driven scale changes against the truth (correlation 0.5-0.97 on 7 flights);
+  ``STEP_HISTORY`` changes, as a pure scale. The photometric prior's changes against
+  the last frame follow its exposure-driven scale changes against the truth
+  (correlation 0.5-0.97 on 7 flights);
   replaying them offline, adopting 6-sigma steps cut its worst drift around the median
   on 6 of 7 flights (1.18-1.59 -> 1.16-1.30; the slow flight 1.53 -> 1.55) and adopted
   none for the stable stand-in; in the pipeline (``--variants adopt-steps``) likewise.
