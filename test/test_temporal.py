@@ -159,6 +159,7 @@ def _global_affine_error(truth: np.ndarray, result: np.ndarray) -> float:
     ('unposed_gain', 1.5),
     ('anchor_pull', 1.0),
     ('flicker_threshold', -0.1),
+    ('step_sigmas', -1.0),
     ('robust_iterations', True),
     ('reproject', 'sometimes'),
     ('reproject', True),
@@ -437,6 +438,31 @@ def test_a_stable_model_keeps_following_a_changing_working_distance() -> None:
     # Without the prior, direct fits hold the depth distribution instead.
     unfiltered = replace(config, stable_gain=1.0, unposed_gain=1.0, anchor_pull=0.0)
     assert worst_ratio(False, unfiltered) > 0.1
+
+
+@pytest.mark.parametrize('mode', ['stream', 'window'])
+def test_step_sigmas_adopts_a_step_of_a_stable_models_scale_and_nothing_else(
+        mode: str) -> None:
+    # A stable model (one affine map, 2 % noise, a still camera) whose scale jumps by
+    # 1.3 at frame 30, as an exposure step does to the photometric prior.
+    truth = _static_disparity()
+    rng = np.random.default_rng(3)
+    raws = [(_corrupt(truth, rng, 0.02, 0.0) * (1.3 if i >= 30 else 1.0)).astype(np.float32)
+            for i in range(60)]
+    config = AlignmentConfig(mode=mode, blend=0.0)
+
+    def level(step_sigmas: float) -> np.ndarray:
+        out = _run(TemporalAligner(replace(config, step_sigmas=step_sigmas)), raws)
+        return np.array([np.nanmedian(o.disparity / truth) for o in out])
+
+    held, adopted = level(0.0), level(6.0)
+    assert abs(held[40:].mean() / held[:30].mean() - 1.3) < 0.01  # the step passes
+    assert abs(adopted[40:].mean() / adopted[:30].mean() - 1.0) < 0.01  # undone
+    # Without the step, the noise alone is never taken for one.
+    steady = [(_corrupt(truth, rng, 0.02, 0.0)).astype(np.float32) for _ in range(60)]
+    out = _run(TemporalAligner(replace(config, step_sigmas=6.0)), steady)
+    scales = np.array([o.scale for o in out])
+    assert np.ptp(scales) < 1e-9 * scales[0]
 
 
 def test_blend_smooths_the_output_but_not_the_references() -> None:

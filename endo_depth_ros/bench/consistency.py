@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     'no-keyframes': {'keyframes': 0},
     'no-reproject': {'reproject': 'never'},
     'no-fusion': {'blend': 0.0},
+    'adopt-steps': {'step_sigmas': 6.0},
 }
 
 

@@ -74,6 +74,11 @@ class AlignmentConfig:
         flicker_threshold: change per frame of the fitted parameters (relative, root
             mean square over the aligned median and spread; median of the last fits)
             above which the model counts as flickering and every fit is followed exactly.
+        step_sigmas: stable models: a change of the aligned median against the most
+            recent frame beyond this many robust standard deviations of the last fits'
+            changes is adopted as a change of scale (an exposure step the photometric
+            prior reads as distance; 0: never; never with scale_source 'model'; see
+            ``policy.py``).
         max_fallbacks: consecutive fallbacks after which the buffer re-anchors on the
             next usable frame.
         scale_source: metric conversion: 'fixed' (first frame's median depth is
@@ -106,6 +111,7 @@ class AlignmentConfig:
     unposed_gain: float = 0.0
     anchor_pull: float = 0.02
     flicker_threshold: float = 0.1
+    step_sigmas: float = 0.0
     max_fallbacks: int = 15
     scale_source: str = 'fixed'
     reference_depth_m: float = 0.05
@@ -138,6 +144,7 @@ class AlignmentConfig:
         check_number('anchor_pull', self.anchor_pull, 0.0, 1.0, high_open=True)
         check_number('flicker_threshold', self.flicker_threshold, 0.0, math.inf,
                 high_open=True)
+        check_number('step_sigmas', self.step_sigmas, 0.0, math.inf, high_open=True)
         check_number('reference_depth_m', self.reference_depth_m, 0.0, math.inf,
                 low_open=True, high_open=True)
         stride = self.window - self.window_keyframes - self.overlap

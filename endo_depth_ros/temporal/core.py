@@ -278,14 +278,16 @@ class AlignerCore:
         up = self._rng.random(coord.size) < (coord - low)
         return np.clip(low.astype(np.intp) + up, 0, size - 1)
 
-    def _fit(self, target: FrameInput, refs: list[Reference]) -> tuple[Fit, np.ndarray, np.ndarray]:
+    def _fit(self, target: FrameInput, refs: list[Reference],
+             ) -> tuple[Fit, np.ndarray, np.ndarray, Fit]:
         """Fit a new frame against references (their pixel pairs pooled).
 
         Returns:
             The fit; the (h, w) bool trust mask of the new frame's fitting image (False:
             the pixel disagrees with every reference covering it); (R,) overlap of each
             reference: the pixels it explains (within the agreement tolerance) relative to
-            those the first reference explains, at most 1.
+            those the first reference explains, at most 1; the fit against the first
+            reference alone (the most recent frame: what the parameter prior measures).
         """
         cfg = self.config
         sub = target.grid
@@ -295,18 +297,20 @@ class AlignerCore:
         if n < cfg.min_valid_pixels or not refs:
             reason = TOO_FEW_PIXELS if n < cfg.min_valid_pixels else NO_REFERENCE
             fit = Fit(math.nan, math.nan, False, reason, n, math.nan, np.zeros(0, bool))
-            return fit, trusted, overlap
+            return fit, trusted, overlap, fit
         x = np.concatenate([ref.x for ref in refs])
         y = np.concatenate([ref.y for ref in refs])
         sizes = [ref.x.size for ref in refs]
         weights = np.repeat([ref.weight for ref in refs], sizes)
-        fit = fit_scale_shift(
-            x, y, weights, estimator=cfg.estimator, robust=cfg.robust,
-            iterations=cfg.robust_iterations, trim_fraction=cfg.trim_fraction,
-            huber_k=cfg.huber_k, with_shift=cfg.scale_source != 'model',
-            min_pixels=cfg.min_valid_pixels)
+        fit = self._fit_pairs(x, y, weights)
         if not fit.ok:
-            return fit, trusted, overlap
+            return fit, trusted, overlap, fit
+        # The change of the parameters is measured against the most recent frame alone:
+        # pooled with older references (a window's first frames, keyframes) it carries
+        # their misregistration too, and a chain of frames aligned by different
+        # parameters feeds the prior's own decisions back into the measurement.
+        recent = fit if len(refs) == 1 else self._fit_pairs(
+            x[:sizes[0]], y[:sizes[0]], weights[:sizes[0]])
         row = np.repeat(np.arange(len(refs)), sizes)
         with np.errstate(invalid='ignore'):
             predicted = fit.scale * x.astype(np.float64) + fit.shift
@@ -332,7 +336,16 @@ class AlignerCore:
         covered = (grid_pos >= 0) & np.isfinite(x) & np.isfinite(y) & (weights > 0)
         hit = np.bincount(grid_pos[covered], minlength=trusted.size) > 0
         kept = np.bincount(grid_pos[covered & agree], minlength=trusted.size) > 0
-        return fit, (kept | ~hit).reshape(sub.shape), overlap
+        return fit, (kept | ~hit).reshape(sub.shape), overlap, recent
+
+    def _fit_pairs(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> Fit:
+        """The configured robust fit of ``y ~ scale * x + shift`` on (N,) pairs."""
+        cfg = self.config
+        return fit_scale_shift(
+            x, y, weights, estimator=cfg.estimator, robust=cfg.robust,
+            iterations=cfg.robust_iterations, trim_fraction=cfg.trim_fraction,
+            huber_k=cfg.huber_k, with_shift=cfg.scale_source != 'model',
+            min_pixels=cfg.min_valid_pixels)
 
     def _accept(self, fit: Fit) -> None:
         self._stats.fits += 1

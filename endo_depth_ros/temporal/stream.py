@@ -76,11 +76,11 @@ class StreamMode(AlignerCore):
             anchor = not reason
         else:
             refs, kf_rows = self._stream_references(inp, pos)
-            fit, trusted, overlap = self._fit(inp, refs)
+            fit, trusted, overlap, recent = self._fit(inp, refs)
             if fit.ok:
                 posed = inp.pose is not None and self._fit_camera() is not None
-                scale, shift = self._prior.apply((fit.scale, fit.shift), self._last_good, inp.grid,
-                                           posed)
+                scale, shift = self._prior.apply((fit.scale, fit.shift), self._last_good,
+                                                 inp.grid, posed, recent)
                 reason = ''
                 self._accept(fit)
                 new_keyframe = self._update_keyframes(kf_rows, overlap)

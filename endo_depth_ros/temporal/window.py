@@ -184,11 +184,12 @@ class WindowMode(AlignerCore):
         sub = ring.grid_raw[slot]
         trusted = np.ones(sub.shape, bool)
         if refs:
-            fit, trusted, _ = self._fit(self._ring_frame(slot), refs)
+            fit, trusted, _, recent = self._fit(self._ring_frame(slot), refs)
             if fit.ok:
                 self._accept(fit)
                 posed = bool(ring.has_pose[slot]) and self._fit_camera() is not None
-                params = self._prior.apply((fit.scale, fit.shift), previous, sub, posed)
+                params = self._prior.apply((fit.scale, fit.shift), previous, sub, posed,
+                                           recent if previous is not None else None)
                 return params, '', True, trusted
             self._stats.rejected_fits += 1
             return None, fit.reason, False, trusted
