@@ -6,12 +6,12 @@ then wait for. Taking every frame of a 60 Hz camera only to drop most of them wa
 largest single use of the GIL in a live HD node (``endo-depth-bench node --live``).
 
 The image subscription therefore sits in an :class:`InputGate` callback group: the
-executor waits on it only while the first processing stage has no frame waiting
-(``StageChain.accepting``), and is woken when that stage takes one. Meanwhile the
-subscription's keep-last-1 history keeps the newest frame, replacing older ones in the
-middleware, so the frame taken is always the newest (latency beats completeness). The
-frames replaced there are counted from the publishers' sequence numbers
-(:class:`ReplacedFrames`): the node still accounts for every frame sent.
+executor waits on it only while the first processing stage can start a new frame at once,
+or soon when that stage is quick (``StageChain.accepting``), and is woken when that
+becomes true. Meanwhile the subscription's keep-last-1 history keeps the newest frame,
+replacing older ones in the middleware, so the frame taken is always the newest (latency
+beats completeness). The frames replaced there are counted from the publishers' sequence
+numbers (:class:`ReplacedFrames`): the node still accounts for every frame sent.
 """
 
 from __future__ import annotations

@@ -151,6 +151,14 @@ class _Work:
     results: list[FrameResult] = field(default_factory=list)
 
 
+#: A new image is taken while the first stage still works on the previous one if that
+#: stage takes at most this long (s): taking a 6 MB HD message then overlaps the work, and
+#: the image ages at most this much (a slow model waits for the stage to be free instead).
+#: Measured over real topics at 1080p, 60 Hz: 11-11.4 published frames/s over UDP with
+#: the overlap, 5.9-8.6 without; the same 18.5-19.6 over shared memory.
+ACCEPT_AHEAD_S = 0.05
+
+
 class DepthNode(Node):
     """The ``endo_depth`` node (see the module docstring).
 
@@ -224,7 +232,8 @@ class DepthNode(Node):
             names = (['endo_depth_prepare', 'endo_depth_complete', 'endo_depth_publish']
                      if pipelined else ['endo_depth_worker'])
             self._chain = StageChain(stages, names, self._on_stage_drop, self._on_stage_error,
-                                     on_accepting=self._wake_executor)
+                                     on_accepting=self._wake_executor,
+                                     accept_ahead_s=ACCEPT_AHEAD_S)
             self.get_logger().debug(f'Processing threads: {", ".join(names)}.')
 
     # ------------------------------------------------------------------ set-up
