@@ -18,15 +18,10 @@ gets the exception and the item, and the stage takes the next one.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
-import statistics
 import threading
 import time
 from typing import Any
-
-#: Durations of the first stage whose median ``accept_ahead_s`` is compared with.
-FIRST_STAGE_HISTORY = 9
 
 #: A stage: takes the item of the previous stage, returns its own (None: nothing to
 #: hand on, e.g. a frame skipped because nobody subscribes).
@@ -46,10 +41,6 @@ class StageChain:
         on_accepting: called (under no lock of the chain) when :meth:`accepting` may have
             become true: a source that holds items back while the chain is busy (the
             node's input gate) hands on its newest one then.
-        accept_ahead_s: :meth:`accepting` is also true while the first stage works, if its
-            recent median duration is at most this (s): the next item is then taken
-            during that work and waits at most about this long, which overlaps taking it
-            (milliseconds for an HD message) with the work. 0: only when it is free.
 
     Not a queue: at most one item waits in front of each stage.
     """
@@ -57,16 +48,13 @@ class StageChain:
     def __init__(self, stages: Sequence[Stage], names: Sequence[str],
                  on_drop: Callable[[int], None],
                  on_error: Callable[[int, Exception, Any], None],
-                 on_accepting: Callable[[], None] | None = None,
-                 accept_ahead_s: float = 0.0) -> None:
+                 on_accepting: Callable[[], None] | None = None) -> None:
         if not stages or len(stages) != len(names):
             raise ValueError('StageChain needs one name per stage and at least one stage.')
         self._stages = list(stages)
         self._on_drop = on_drop
         self._on_error = on_error
         self._on_accepting = on_accepting
-        self._accept_ahead_s = accept_ahead_s
-        self._first_durations: deque[float] = deque(maxlen=FIRST_STAGE_HISTORY)
         self._condition = threading.Condition()
         self._slots: list[Any] = [None] * len(stages)
         self._busy = [False] * len(stages)
@@ -80,20 +68,16 @@ class StageChain:
         """Hand ``item`` to the first stage (replacing, and dropping, one still waiting)."""
         self._hand(0, item)
 
-    def accepting(self) -> bool:
-        """Whether an item :meth:`put` now would start (almost) at once: nothing waits for
-        the first stage, which is free with its result not held back, or busy but quick
-        (``accept_ahead_s``). The item is then about the newest when its work starts."""
+    def accepting(self, *, ahead: bool = False) -> bool:
+        """Whether to :meth:`put` an item now: nothing waits for the first stage and it
+        would start the item at once (free, its result not held back), or, ``ahead``,
+        as soon as it can (taking an item ahead overlaps taking it with the work, for a
+        first stage quick enough that the item does not age much meanwhile)."""
         with self._condition:
-            return self._accepting()
-
-    def _accepting(self) -> bool:
-        if self._stopping or self._slots[0] is not None:
-            return False
-        if self._busy[0]:
-            return (len(self._first_durations) > 0 and statistics.median(
-                self._first_durations) <= self._accept_ahead_s)
-        return len(self._slots) == 1 or self._slots[1] is None
+            if self._stopping or self._slots[0] is not None:
+                return False
+            return ahead or (not self._busy[0] and (
+                len(self._slots) == 1 or self._slots[1] is None))
 
     def idle(self) -> bool:
         """Whether no item waits and no stage is working."""
@@ -143,10 +127,8 @@ class StageChain:
                     return
                 item, self._slots[index] = self._slots[index], None
                 self._busy[index] = True
-                wake = index <= 1 and self._accepting()
-            if wake:
+            if index <= 1:
                 self._notify_accepting()
-            start = time.perf_counter()
             try:
                 result = stage(item)
             except Exception as err:  # a stage's bug must not stop the chain
@@ -156,11 +138,8 @@ class StageChain:
                 self._hand(index + 1, result)
             with self._condition:
                 self._busy[index] = False
-                if index == 0:
-                    self._first_durations.append(time.perf_counter() - start)
                 self._condition.notify_all()
-                wake = index == 0 and self._accepting()
-            if wake:
+            if index == 0:
                 self._notify_accepting()
 
     def _notify_accepting(self) -> None:

@@ -187,30 +187,27 @@ def test_the_chain_accepts_only_when_an_item_would_start_at_once_and_says_when_i
     assert recorder.drops == [] and recorder.errors == []
 
 
-def test_a_quick_first_stage_accepts_the_next_item_while_it_works() -> None:
-    """With ``accept_ahead_s`` the next item may be taken during a quick first stage
-    (overlapping the take with the work); a slow one is waited for."""
+def test_ahead_the_chain_accepts_the_next_item_while_the_first_stage_works() -> None:
+    """``accepting(ahead=True)`` (a quick first stage: the node takes the next image during
+    its work) needs only that nothing waits for the first stage."""
     release = threading.Event()
-    started = threading.Semaphore(0)
+    started = threading.Event()
     recorder = Recorder()
 
     def first(x: int) -> int:
-        started.release()
-        if x > 0:
-            assert release.wait(5.0)
+        started.set()
+        assert release.wait(5.0)
         return x
 
-    for ahead_s, expected in ((10.0, True), (0.0, False)):
-        release.clear()
-        chain = StageChain([first], 'a', recorder.on_drop, recorder.on_error,
-                           accept_ahead_s=ahead_s)
-        try:
-            chain.put(0)  # a quick item: the stage's duration is known after it
-            assert chain.wait_idle(5.0)
-            chain.put(1)
-            assert started.acquire(timeout=5.0) and started.acquire(timeout=5.0)
-            assert chain.accepting() is expected  # item 1 is still in the stage
-        finally:
-            release.set()
-            assert chain.stop(5.0)
+    chain = StageChain([first], 'a', recorder.on_drop, recorder.on_error)
+    try:
+        chain.put(1)
+        assert started.wait(5.0)
+        assert chain.accepting(ahead=True) and not chain.accepting()
+        chain.put(2)  # waits for the first stage
+        assert not chain.accepting(ahead=True)
+    finally:
+        release.set()
+        assert chain.wait_idle(5.0)
+        assert chain.stop(5.0)
     assert recorder.drops == [] and recorder.errors == []

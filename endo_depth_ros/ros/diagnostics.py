@@ -86,6 +86,11 @@ class FrameStats:
         for stage, ms in timings.items():
             self.stage_ms.setdefault(stage, deque(maxlen=STAGE_HISTORY)).append(ms)
 
+    def median_ms(self, stage: str) -> float:
+        """Median of the recent times of ``stage`` (ms; 0 before any)."""
+        times = self.stage_ms.get(stage)
+        return float(np.median(times)) if times else 0.0
+
     def add_latency(self, latency_ms: float) -> None:
         """Record one published frame's stamp-to-publish latency (ms)."""
         self.latency_ms.append(latency_ms)

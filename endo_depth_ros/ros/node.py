@@ -152,11 +152,14 @@ class _Work:
 
 
 #: A new image is taken while the first stage still works on the previous one if that
-#: stage takes at most this long (s): taking a 6 MB HD message then overlaps the work, and
-#: the image ages at most this much (a slow model waits for the stage to be free instead).
-#: Measured over real topics at 1080p, 60 Hz: 11-11.4 published frames/s over UDP with
-#: the overlap, 5.9-8.6 without; the same 18.5-19.6 over shared memory.
-ACCEPT_AHEAD_S = 0.05
+#: stage's work (conversion, resize, model; median ms) takes at most this long: taking a
+#: 6 MB HD message then overlaps the work, and the image ages at most about this much (a
+#: slow model waits for a free stage instead). Measured over real topics at 1080p, 60 Hz
+#: (photometric, ~10 ms): 11-12 published frames/s over UDP taking ahead, 6-9 without;
+#: 18-20 either way over shared memory.
+TAKE_AHEAD_MAX_MS = 50.0
+#: The stages whose times :data:`TAKE_AHEAD_MAX_MS` is compared with.
+FIRST_STAGE_TIMINGS = ('conversion', 'resize', 'model')
 
 
 class DepthNode(Node):
@@ -196,6 +199,7 @@ class DepthNode(Node):
         self._stats = diagnostics.FrameStats()
         self._replaced = ReplacedFrames()
         self._lost_at_take = 0
+        self._take_ahead = False  # until the first frame's stage times are known
         self._warned: dict[str, float] = {}
         self._backwards = 0
         # Stamp of the last processed frame, and of the last one dropped as a jump ahead.
@@ -232,8 +236,7 @@ class DepthNode(Node):
             names = (['endo_depth_prepare', 'endo_depth_complete', 'endo_depth_publish']
                      if pipelined else ['endo_depth_worker'])
             self._chain = StageChain(stages, names, self._on_stage_drop, self._on_stage_error,
-                                     on_accepting=self._wake_executor,
-                                     accept_ahead_s=ACCEPT_AHEAD_S)
+                                     on_accepting=self._wake_executor)
             self.get_logger().debug(f'Processing threads: {", ".join(names)}.')
 
     # ------------------------------------------------------------------ set-up
@@ -411,8 +414,8 @@ class DepthNode(Node):
         self.on_image(msg, info)
 
     def _accepting_images(self) -> bool:
-        """Whether a new image would start processing rather than wait (InputGate)."""
-        return self._chain is None or self._chain.accepting()
+        """Whether to take a new image now (InputGate; see TAKE_AHEAD_MAX_MS)."""
+        return self._chain is None or self._chain.accepting(ahead=self._take_ahead)
 
     def _wake_executor(self) -> None:
         """The stages can start a frame at once: let the executor take the newest image."""
@@ -543,6 +546,8 @@ class DepthNode(Node):
             timings['publish'] = publish_ms
         with self._lock:
             self._stats.add_timings(timings)
+            first_stage_ms = sum(self._stats.median_ms(stage) for stage in FIRST_STAGE_TIMINGS)
+            self._take_ahead = first_stage_ms <= TAKE_AHEAD_MAX_MS
         if self._debug:
             prepared = work.prepared
             size = work.results[-1].intrinsics.size if work.results else prepared.intrinsics.size
