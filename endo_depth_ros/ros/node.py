@@ -2,9 +2,10 @@
 
 A thin adapter over :class:`endo_depth_ros.pipeline.Pipeline`:
 
-- subscriptions (reliable, keep last 10; every QoS overridable with
-  ``qos_overrides.<topic>.*``, see :mod:`endo_depth_ros.ros.qos`): ``image``
-  (``sensor_msgs/Image``) or ``image/compressed`` and ``camera_info``;
+- subscriptions (reliable; every QoS overridable with ``qos_overrides.<topic>.*``, see
+  :mod:`endo_depth_ros.ros.qos`): ``image`` (``sensor_msgs/Image``) or
+  ``image/compressed``, keep last 1, taken only when the stages can start on it
+  (:mod:`endo_depth_ros.ros.input_gate`), and ``camera_info``, keep last 10;
 - publications at the working size (``input.max_width``/``max_height``), stamped with
   the input image's header (reliable, shallow queue):
   ``depth/image`` (32FC1 metres, NaN invalid), ``depth/camera_info``,
@@ -12,8 +13,9 @@ A thin adapter over :class:`endo_depth_ros.pipeline.Pipeline`:
   (PoseStamped in ``odom``), ``odom`` (nav_msgs/Odometry), TF ``odom -> camera``
   (when tf2_ros is importable) and ``/diagnostics`` (~1 Hz).
 
-It never falls behind the camera: the image callback only drops the newest message
-into a one-slot mailbox (an unprocessed older one is dropped and counted) and worker
+It never falls behind the camera: the middleware keeps only the newest image until the
+stages can start on it (older ones are counted as dropped), the image callback only drops
+it into a one-slot mailbox (an unprocessed older one is dropped and counted) and worker
 threads run the pipeline and publish. With ``input.pipelined`` (default) the work is
 split into three stages, each in its own thread with a one-slot mailbox in front
 (:mod:`endo_depth_ros.stages`): decode + working size + model (``Pipeline.prepare``),
