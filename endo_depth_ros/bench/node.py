@@ -147,11 +147,13 @@ def _run_live(args: argparse.Namespace, sizes: list[tuple[int, int]],
         raise ConfigError(f'--middleware takes {", ".join(MIDDLEWARES)} (got '
                           f'{args.middleware!r}) and --shm-frames must be >= 1.')
     rows: list[dict[str, object]] = []
+    frames = {size: next(iter(render_sequence(SynthConfig(width=size[0], height=size[1],
+                                                          frames=1))))
+              for size in sizes}
     with tempfile.TemporaryDirectory(prefix='endo_depth_node_bench_') as tmp:
         for (width, height), limit, pipelined, middleware in itertools.product(
                 sizes, limits, choices, middlewares):
-            frame = next(iter(render_sequence(SynthConfig(width=width, height=height,
-                                                          frames=1))))
+            frame = frames[width, height]
             parameters: dict[str, Any] = {'alignment.mode': args.align,
                                           'input.pipelined': pipelined == 'true'}
             if limit is not None:

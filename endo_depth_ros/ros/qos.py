@@ -39,28 +39,26 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 MAX_DEPTH = 100
 #: History depth of the input subscriptions.
 INPUT_DEPTH = 10
-
-
 #: History depth of the image subscription: the newest frame only (``ros/input_gate``).
 IMAGE_DEPTH = 1
 
 
 def input_qos() -> QoSProfile:
     """Default QoS of the camera_info (and right camera, pose) subscriptions."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=INPUT_DEPTH,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
+    return _reliable_keep_last(INPUT_DEPTH)
 
 
 def image_qos() -> QoSProfile:
     """Default QoS of the image subscription: reliable, keep last 1 (see the module)."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=IMAGE_DEPTH,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
+    return _reliable_keep_last(IMAGE_DEPTH)
 
 
 def output_qos(depth: int) -> QoSProfile:
     """Default QoS of the output publishers: reliable, keep last ``depth``."""
+    return _reliable_keep_last(depth)
+
+
+def _reliable_keep_last(depth: int) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)

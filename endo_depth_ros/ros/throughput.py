@@ -85,8 +85,8 @@ def measure(rgb: np.ndarray, intrinsics: Intrinsics, parameters: dict[str, Any],
     """Run a node with ``parameters`` and feed it ``rgb`` at ``rate_hz``; see the module.
 
     ``env``: extra environment of the node and of this process's camera and consumer
-    (e.g. a middleware profile, ``endo_depth_ros.bench.qos.middleware_env``); it is set
-    while they start and restored afterwards.
+    (e.g. a middleware profile, ``endo_depth_ros.bench.qos.middleware_env``); this
+    process's environment gets it only while the camera node starts.
 
     Raises:
         EndoDepthError: the node exited, or no frame came back within
@@ -98,15 +98,12 @@ def measure(rgb: np.ndarray, intrinsics: Intrinsics, parameters: dict[str, Any],
     for name, value in parameters.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
         args += ['-p', f'{name}:={text}']
-    with _environment(env or {}):
-        node = NodeProcess(args, name='The node')
-        try:
+    with NodeProcess(args, env, name='The node') as node:
+        with _environment(env or {}):
             bench = SpinningNode('endo_depth_camera')  # its middleware reads the environment
-        except BaseException:
-            node.close()
-            raise
-    with node, bench:
-        return _Run(bench, node, namespace, rgb, intrinsics).measure(rate_hz, seconds, warmup_s)
+        with bench:
+            return _Run(bench, node, namespace, rgb, intrinsics).measure(
+                rate_hz, seconds, warmup_s)
 
 
 @contextlib.contextmanager
